@@ -1,0 +1,46 @@
+# Two commands for a fresh machine:  `make run`  and  `make test`  (see README.md).
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install run test test-fast lint format bench clean
+
+$(INSTALLED): pyproject.toml constraints.txt
+	@echo "==> creating $(VENV) and installing dependencies (first time: ~1-2 min)"
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --upgrade pip
+	@$(BIN)/pip install --quiet -c constraints.txt ".[dev]"
+	@touch $(INSTALLED)
+
+install: $(INSTALLED)
+
+var/secret_key:
+	@mkdir -p var
+	@$(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(50))' > var/secret_key
+	@chmod 600 var/secret_key
+
+## Set up and run the app on http://127.0.0.1:8000 with the MLflow UI on http://127.0.0.1:5000
+run: install var/secret_key
+	@bin/serve
+
+## Set up and run every test (the slow fault/load tests too); CI runs exactly this
+test: install
+	@$(BIN)/pytest
+
+## The everyday loop: skips tests marked slow
+test-fast: install
+	@$(BIN)/pytest -m "not slow"
+
+lint: install
+	@$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	@$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+bench: install
+	@$(BIN)/python bench/turn_latency.py
+
+clean:
+	rm -rf $(VENV) var

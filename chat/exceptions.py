@@ -1,0 +1,27 @@
+"""Domain errors; chatproject.api_errors maps each to its HTTP answer in one place."""
+
+
+class ChatError(Exception):
+    status_code = 400
+    code = "chat_error"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class LLMUnavailable(ChatError):
+    status_code = 502
+    code = "llm_unavailable"
+
+
+class LLMTimeout(ChatError):
+    status_code = 504
+    code = "llm_timeout"
+
+
+class RequestIdConflict(ChatError):
+    """The X-Request-ID was already used for another message, or its turn is still running."""
+
+    status_code = 409
+    code = "request_id_conflict"

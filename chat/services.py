@@ -1,0 +1,256 @@
+"""Writes. Each state change has one named entry point."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+from mlflow.entities import SpanType
+
+from chat import selectors, tracing
+from chat.exceptions import RequestIdConflict
+from chat.llm import ChatMessage, LLMReply, get_chat_model
+from chat.models import ChatSession, Message, Turn
+
+logger = logging.getLogger(__name__)
+
+TITLE_CHARS = 60
+
+
+@dataclass(frozen=True)
+class TurnResult:
+    turn: Turn
+    reply: Message
+    replayed: bool
+
+
+def new_request_id() -> str:
+    return f"req-{uuid.uuid4().hex}"
+
+
+def session_create(*, owner: AbstractBaseUser, title: str = "") -> ChatSession:
+    return ChatSession.objects.create(owner=owner, title=title.strip())
+
+
+def session_rename(*, session: ChatSession, title: str) -> ChatSession:
+    session.title = title.strip()
+    session.save(update_fields=["title", "updated_at"])
+    return session
+
+
+def session_delete(*, session: ChatSession) -> None:
+    session.delete()
+
+
+def message_reply_create(
+    *,
+    user: AbstractBaseUser,
+    message: str,
+    session_id=None,
+    client_request_id: str | None = None,
+    endpoint: str = "chat",
+) -> TurnResult:
+    """Answer one chat message as one traced turn; a repeated request id returns the stored turn.
+
+    Raises: Http404 (someone else's or no such session), RequestIdConflict, LLMUnavailable,
+    LLMTimeout.
+    """
+    client_request_id = client_request_id or new_request_id()
+    existing = selectors.turn_get_by_request_id(user=user, client_request_id=client_request_id)
+    if existing is None:
+        session = selectors.session_get(user=user, session_id=session_id) if session_id else None
+        try:
+            turn = _turn_start(
+                user=user,
+                session=session,
+                message=message,
+                client_request_id=client_request_id,
+                endpoint=endpoint,
+            )
+        except IntegrityError:
+            # A concurrent request with the same id won the insert: treat this one as its replay.
+            existing = selectors.turn_get_by_request_id(
+                user=user, client_request_id=client_request_id
+            )
+            if existing is None:
+                raise
+    if existing is not None:
+        replay = _turn_replay_or_claim(existing, message=message, session_id=session_id)
+        if isinstance(replay, TurnResult):
+            return replay
+        turn = replay
+    return _turn_run(turn, message=message, endpoint=endpoint)
+
+
+def _turn_start(
+    *,
+    user: AbstractBaseUser,
+    session: ChatSession | None,
+    message: str,
+    client_request_id: str,
+    endpoint: str,
+) -> Turn:
+    with transaction.atomic():
+        if session is None:
+            session = ChatSession.objects.create(owner=user, title=_title_from(message))
+        turn = Turn.objects.create(
+            session=session,
+            user=user,
+            client_request_id=client_request_id,
+            endpoint=endpoint,
+            attempts=1,
+            started_at=timezone.now(),
+        )
+        Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=message)
+    return turn
+
+
+def _turn_replay_or_claim(turn: Turn, *, message: str, session_id) -> TurnResult | Turn:
+    """A completed turn is replayed; a failed (or abandoned) one is claimed for another attempt.
+
+    Raises: RequestIdConflict when the id belongs to a different message or a running turn.
+    """
+    asked = turn.messages.filter(role=Message.Role.USER).values_list("content", flat=True).first()
+    if asked != message or (session_id and str(session_id) != str(turn.session_id)):
+        raise RequestIdConflict(
+            "This X-Request-ID was already used for a different message or session. "
+            "Send a new X-Request-ID for a new message."
+        )
+    if turn.status == Turn.Status.COMPLETED:
+        reply = selectors.turn_reply(turn=turn)
+        if reply is not None:
+            return TurnResult(turn=turn, reply=reply, replayed=True)
+    stale_before = timezone.now() - timedelta(seconds=settings.LLM_TIMEOUT_S * 2 + 30)
+    claimable = Turn.objects.filter(pk=turn.pk, status=Turn.Status.FAILED) | Turn.objects.filter(
+        pk=turn.pk, status=Turn.Status.PENDING, started_at__lt=stale_before
+    )
+    claimed = claimable.update(
+        status=Turn.Status.PENDING, started_at=timezone.now(), error="", attempts=turn.attempts + 1
+    )
+    if not claimed:
+        raise RequestIdConflict(
+            "A turn with this X-Request-ID is still being answered; retry in a few seconds."
+        )
+    turn.refresh_from_db()
+    return turn
+
+
+def _turn_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
+    started = time.perf_counter()
+    with tracing.turn_trace(
+        message=message,
+        user_id=turn.user_id,
+        session_id=str(turn.session_id),
+        client_request_id=turn.client_request_id,
+        endpoint=endpoint,
+    ) as root:
+        try:
+            with tracing.child_span("load_history", SpanType.MEMORY) as span:
+                span.set_inputs({"session_id": str(turn.session_id)})
+                history = selectors.history_for_llm(
+                    session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
+                )
+                span.set_outputs({"messages": len(history)})
+            prompt = [
+                ChatMessage("system", settings.LLM_SYSTEM_PROMPT),
+                *history,
+                ChatMessage("user", message),
+            ]
+            reply = _llm_complete(prompt)
+        except Exception as exc:
+            _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
+            raise
+        reply_message = _turn_complete(turn, reply=reply, trace_id=root.trace_id, started=started)
+        tracing.finish_turn(root, response=reply.content)
+    return TurnResult(turn=turn, reply=reply_message, replayed=False)
+
+
+def _llm_complete(prompt: list[ChatMessage]) -> LLMReply:
+    model = get_chat_model()
+    with tracing.child_span("llm", SpanType.CHAT_MODEL) as span:
+        span.set_inputs({"messages": [m.as_dict() for m in prompt], "model": model.model})
+        reply = model.complete(prompt)
+        span.set_outputs(
+            {
+                "model": reply.model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": reply.content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": {
+                    "prompt_tokens": reply.prompt_tokens,
+                    "completion_tokens": reply.completion_tokens,
+                    "total_tokens": reply.total_tokens,
+                },
+            }
+        )
+        span.set_token_usage(
+            input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens
+        )
+    return reply
+
+
+def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started: float) -> Message:
+    now = timezone.now()
+    with transaction.atomic():
+        reply_message = Message.objects.create(
+            session_id=turn.session_id,
+            turn=turn,
+            role=Message.Role.ASSISTANT,
+            content=reply.content,
+        )
+        turn.status = Turn.Status.COMPLETED
+        turn.trace_id = trace_id or ""
+        turn.model = reply.model
+        turn.prompt_tokens = reply.prompt_tokens
+        turn.completion_tokens = reply.completion_tokens
+        turn.latency_ms = _elapsed_ms(started)
+        turn.completed_at = now
+        turn.error = ""
+        turn.save(
+            update_fields=[
+                "status",
+                "trace_id",
+                "model",
+                "prompt_tokens",
+                "completion_tokens",
+                "latency_ms",
+                "completed_at",
+                "error",
+            ]
+        )
+        ChatSession.objects.filter(pk=turn.session_id).update(updated_at=now)
+    return reply_message
+
+
+def _turn_fail(turn: Turn, *, error: Exception, trace_id: str | None, started: float) -> None:
+    turn.status = Turn.Status.FAILED
+    turn.trace_id = trace_id or ""
+    turn.error = f"{type(error).__name__}: {error}"[:2000]
+    turn.latency_ms = _elapsed_ms(started)
+    turn.save(update_fields=["status", "trace_id", "error", "latency_ms"])
+    logger.warning(
+        "chat turn failed turn_id=%s request_id=%s error=%s",
+        turn.pk,
+        turn.client_request_id,
+        type(error).__name__,
+    )
+
+
+def _elapsed_ms(started: float) -> int:
+    return int((time.perf_counter() - started) * 1000)
+
+
+def _title_from(message: str) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= TITLE_CHARS else text[: TITLE_CHARS - 1] + "…"

@@ -1,0 +1,304 @@
+"""The one module that talks to MLflow.
+
+Rules it keeps (see shared/SEED-NOTES.md for the measurements behind them):
+- MLflow is configured once, at start-up; the experiment is resolved then, so no trace makes a
+  network call to look it up. Until it is resolved, turns run untraced rather than wait.
+- Every MLflow HTTP call from this process is bounded (timeout, retries).
+- Nothing here raises into a chat turn: MLflow trouble is logged and the turn goes on.
+- Trace ids are read from the live span inside the traced code, never from
+  `mlflow.get_last_active_trace_id()` (process-wide, wrong under threads).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlencode
+
+import mlflow
+from django.conf import settings
+from mlflow.entities import SpanType
+from mlflow.entities.trace_location import MlflowExperimentLocation
+from mlflow.tracing.constant import SpanAttributeKey
+
+logger = logging.getLogger(__name__)
+
+PREVIEW_CHARS = 1000
+RESOLVE_RETRY_INTERVAL_S = 10.0
+
+
+class _Destination:
+    """Where traces go; resolved once per process (and re-resolved in the background if down)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.experiment_id: str | None = None
+        self.retry_thread: threading.Thread | None = None
+        self.generation = 0
+
+
+_destination = _Destination()
+_current_root: contextvars.ContextVar[Span | None] = contextvars.ContextVar(
+    "chat_trace_root", default=None
+)
+
+
+def configure(*, tracking_uri: str | None = None, experiment_name: str | None = None) -> bool:
+    """Point MLflow at the tracking store and resolve the experiment; True if tracing is ready.
+
+    Called from `ChatConfig.ready()`. When the tracking server is unreachable the app still
+    starts: turns run untraced and a background thread keeps trying to resolve the experiment.
+    """
+    if not settings.TRACING_ENABLED:
+        with _destination.lock:
+            _destination.experiment_id = None
+            _destination.generation += 1
+        return False
+    # MLflow reads these on every HTTP call; bounded so nothing waits minutes on a dead server.
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.MLFLOW_HTTP_REQUEST_TIMEOUT)
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.MLFLOW_HTTP_REQUEST_MAX_RETRIES)
+    tracking_uri = tracking_uri or settings.MLFLOW_TRACKING_URI
+    experiment_name = experiment_name or settings.MLFLOW_EXPERIMENT_NAME
+    mlflow.set_tracking_uri(tracking_uri)
+    # A re-configuration must not leave the old exporters' queues running (or unflushed).
+    if _destination.generation:
+        _flush(terminate=True)
+    with _destination.lock:
+        _destination.experiment_id = None
+        _destination.generation += 1
+        generation = _destination.generation
+    if _try_resolve(experiment_name, generation):
+        return True
+    thread = threading.Thread(
+        target=_keep_resolving,
+        args=(experiment_name, generation),
+        name="mlflow-experiment-resolver",
+        daemon=True,
+    )
+    _destination.retry_thread = thread
+    thread.start()
+    return False
+
+
+def is_ready() -> bool:
+    return _destination.experiment_id is not None
+
+
+def experiment_id() -> str | None:
+    return _destination.experiment_id
+
+
+def _try_resolve(experiment_name: str, generation: int) -> bool:
+    try:
+        exp_id = _get_or_create_experiment(experiment_name)
+        with _destination.lock:
+            if generation != _destination.generation:
+                return True  # reconfigured meanwhile; this result is stale
+            mlflow.tracing.set_destination(MlflowExperimentLocation(experiment_id=exp_id))
+            _destination.experiment_id = exp_id
+        logger.info("mlflow tracing ready experiment_id=%s", exp_id)
+        return True
+    except Exception as exc:
+        logger.warning(
+            "mlflow tracing not ready (turns run untraced until it is) uri=%s error=%s",
+            mlflow.get_tracking_uri(),
+            _short(exc),
+        )
+        return False
+
+
+def _keep_resolving(experiment_name: str, generation: int) -> None:
+    while generation == _destination.generation and not is_ready():
+        time.sleep(RESOLVE_RETRY_INTERVAL_S)
+        if generation == _destination.generation and _try_resolve(experiment_name, generation):
+            return
+
+
+def _get_or_create_experiment(name: str) -> str:
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    artifact_location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        # Without this a local store writes ./mlruns into the working directory.
+        artifact_location = f"{settings.MLFLOW_ARTIFACT_ROOT.rstrip('/')}/{name}"
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:
+        # Another worker may have created it between our lookup and our create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def flush() -> None:
+    """Export whatever is queued; call before a process exits (SIGTERM loses the queue)."""
+    _flush(terminate=False)
+
+
+def _flush(*, terminate: bool) -> None:
+    try:
+        mlflow.flush_trace_async_logging(terminate=terminate)
+    except Exception as exc:
+        logger.warning("mlflow flush failed error=%s", _short(exc))
+
+
+def deployment_metadata() -> dict[str, str]:
+    return {
+        "mlflow.source.type": settings.APP_ENVIRONMENT,
+        "environment": settings.APP_ENVIRONMENT,
+        "app_version": settings.APP_VERSION,
+        "deployment_id": settings.DEPLOYMENT_ID,
+        "region": settings.REGION,
+    }
+
+
+def trace_ui_url(trace_id: str | None) -> str | None:
+    """A link to the trace in the MLflow UI, or None when there is no trace."""
+    exp_id = _destination.experiment_id
+    if not trace_id or not exp_id:
+        return None
+    query = urlencode({"selectedEvaluationId": trace_id})
+    return f"{settings.MLFLOW_UI_URL.rstrip('/')}/#/experiments/{exp_id}/traces?{query}"
+
+
+class Span:
+    """A span that never raises; without a live MLflow span every method does nothing."""
+
+    def __init__(self, live: Any = None):
+        self.live = live
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.live.trace_id if self.live is not None else None
+
+    def set_inputs(self, inputs: Any) -> None:
+        self._call("set_inputs", inputs)
+
+    def set_outputs(self, outputs: Any) -> None:
+        self._call("set_outputs", outputs)
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        self._call("set_attribute", key, value)
+
+    def set_token_usage(self, *, input_tokens: int, output_tokens: int) -> None:
+        usage = {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+        }
+        self._call("set_attribute", SpanAttributeKey.CHAT_USAGE, usage)
+
+    def _call(self, method: str, *args: Any) -> None:
+        if self.live is None:
+            return
+        try:
+            getattr(self.live, method)(*args)
+        except Exception as exc:
+            logger.warning("mlflow span.%s failed error=%s", method, _short(exc))
+
+
+@contextmanager
+def _mlflow_span(name: str, span_type: str) -> Iterator[Span]:
+    try:
+        manager = mlflow.start_span(name=name, span_type=span_type)
+        live = manager.__enter__()
+    except Exception as exc:
+        logger.warning("mlflow start_span failed span=%s error=%s", name, _short(exc))
+        yield Span(None)
+        return
+    try:
+        yield Span(live)
+    except BaseException as exc:
+        # The span records the error and its trace ends ERROR; the exception goes on to the caller.
+        _end(manager, name, exc)
+        raise
+    _end(manager, name, None)
+
+
+def _end(manager: Any, name: str, exc: BaseException | None) -> None:
+    try:
+        if exc is None:
+            manager.__exit__(None, None, None)
+        else:
+            manager.__exit__(type(exc), exc, exc.__traceback__)
+    except BaseException as err:
+        if err is not exc:
+            logger.warning("mlflow span end failed span=%s error=%s", name, _short(err))
+
+
+@contextmanager
+def turn_trace(
+    *,
+    message: str,
+    user_id: int,
+    session_id: str,
+    client_request_id: str,
+    endpoint: str,
+) -> Iterator[Span]:
+    """The root span of one chat turn, with who, where, which request and which deployment.
+
+    Yields a `Span` whose `trace_id` is None when tracing is off or not ready.
+    """
+    if not is_ready():
+        yield Span(None)
+        return
+    with _mlflow_span("chat_turn", SpanType.CHAIN) as root:
+        token = _current_root.set(root) if root.live is not None else None
+        root.set_inputs(
+            {"message": message, "session_id": session_id, "client_request_id": client_request_id}
+        )
+        _update_current_trace(
+            client_request_id=client_request_id,
+            session_id=session_id,
+            user=str(user_id),
+            metadata=deployment_metadata(),
+            tags={**settings.TRACE_TAGS, "endpoint": endpoint},
+            request_preview=_clip(message),
+        )
+        try:
+            yield root
+        finally:
+            if token is not None:
+                _current_root.reset(token)
+
+
+def finish_turn(root: Span, *, response: str) -> None:
+    """Record the turn's answer on its root span (call inside `turn_trace`)."""
+    if root.live is None:
+        return
+    root.set_outputs({"response": response})
+    _update_current_trace(response_preview=_clip(response))
+
+
+@contextmanager
+def child_span(name: str, span_type: str = SpanType.UNKNOWN) -> Iterator[Span]:
+    """A span inside the current turn's trace; a no-op outside one."""
+    if _current_root.get() is None:
+        yield Span(None)
+        return
+    with _mlflow_span(name, span_type) as span:
+        yield span
+
+
+def _update_current_trace(**fields: Any) -> None:
+    try:
+        mlflow.update_current_trace(**fields)
+    except Exception as exc:
+        logger.warning("mlflow update_current_trace failed error=%s", _short(exc))
+
+
+def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc)[:200]}"

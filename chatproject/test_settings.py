@@ -1,0 +1,24 @@
+"""Test settings: a throwaway MLflow store and the local LLM; nothing touches var/."""
+
+import os
+import tempfile
+
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key")
+
+from chatproject.settings import *  # noqa: E402,F403
+
+# Never the developer's exported store: a fresh one per test run.
+_TMP = tempfile.mkdtemp(prefix="chat-tests-")
+MLFLOW_TRACKING_URI = f"sqlite:///{_TMP}/mlflow.db"
+MLFLOW_ARTIFACT_ROOT = f"{_TMP}/mlartifacts"
+MLFLOW_EXPERIMENT_NAME = "chat-tests"
+TRACING_ENABLED = True
+
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+LLM_BASE_URL = ""
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+STATIC_ROOT = f"{_TMP}/static"
+os.makedirs(STATIC_ROOT, exist_ok=True)

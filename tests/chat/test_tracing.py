@@ -1,0 +1,54 @@
+import socket
+import time
+
+import pytest
+
+from chat import tracing
+from chat.models import Turn
+
+pytestmark = pytest.mark.django_db
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_an_unreachable_tracking_server_neither_blocks_start_up_nor_breaks_a_turn(api, settings):
+    settings.MLFLOW_HTTP_REQUEST_TIMEOUT = 2
+    started = time.monotonic()
+    ready = tracing.configure(
+        tracking_uri=f"http://127.0.0.1:{_closed_port()}", experiment_name="unreachable"
+    )
+    assert ready is False
+    assert time.monotonic() - started < 10
+
+    response = api.post("/api/chat/", {"message": "still there?"}, format="json")
+
+    assert response.status_code == 200
+    assert response.json()["trace_id"] is None
+    assert response.json()["response"].startswith("You asked")
+    assert Turn.objects.get().status == Turn.Status.COMPLETED
+
+
+def test_tracing_switched_off_by_setting_answers_untraced(api, settings, find_traces):
+    settings.TRACING_ENABLED = False
+    assert tracing.configure() is False
+    assert tracing.is_ready() is False
+    response = api.post("/api/chat/", {"message": "hi"}, format="json")
+    assert response.status_code == 200 and response.json()["trace_id"] is None
+
+
+def test_a_trace_id_is_read_inside_the_turn_not_from_the_last_active_trace(api, get_trace):
+    a = api.post("/api/chat/", {"message": "a"}, format="json").json()
+    b = api.post("/api/chat/", {"message": "b"}, format="json").json()
+    assert a["trace_id"] != b["trace_id"]
+    assert get_trace(a["trace_id"]).info.request_preview == "a"
+    assert get_trace(b["trace_id"]).info.request_preview == "b"
+
+
+def test_child_spans_outside_a_turn_are_no_ops():
+    with tracing.child_span("orphan") as span:
+        span.set_inputs({"x": 1})
+    assert span.trace_id is None
