@@ -170,6 +170,14 @@ def trace_ui_url(trace_id: str | None) -> str | None:
     return f"{settings.MLFLOW_UI_URL.rstrip('/')}/#/experiments/{exp_id}/traces?{query}"
 
 
+def session_ui_url(session_id) -> str | None:
+    """A link to the conversation's page (all its traces) in the MLflow UI."""
+    exp_id = _destination.experiment_id
+    if not session_id or not exp_id:
+        return None
+    return f"{settings.MLFLOW_UI_URL.rstrip('/')}/#/experiments/{exp_id}/chat-sessions/{session_id}"
+
+
 class Span:
     """A span that never raises; without a live MLflow span every method does nothing."""
 
@@ -253,8 +261,14 @@ def turn_trace(
         return
     with _mlflow_span("chat_turn", SpanType.CHAIN) as root:
         token = _current_root.set(root) if root.live is not None else None
+        # Chat-shaped inputs/outputs: the MLflow UI shows them as a conversation, and the SQL
+        # store derives the same previews from them if it sees the spans before our trace info.
         root.set_inputs(
-            {"message": message, "session_id": session_id, "client_request_id": client_request_id}
+            {
+                "messages": [{"role": "user", "content": message}],
+                "session_id": session_id,
+                "client_request_id": client_request_id,
+            }
         )
         _update_current_trace(
             client_request_id=client_request_id,
@@ -275,7 +289,9 @@ def finish_turn(root: Span, *, response: str) -> None:
     """Record the turn's answer on its root span (call inside `turn_trace`)."""
     if root.live is None:
         return
-    root.set_outputs({"response": response})
+    root.set_outputs(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": response}}]}
+    )
     _update_current_trace(response_preview=_clip(response))
 
 
@@ -302,3 +318,122 @@ def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:
 
 def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {str(exc)[:200]}"
+
+
+# --- Assessments (human feedback) ----------------------------------------------------------------
+
+ASSESSMENT_KEY = "chat.feedback_id"
+EXPECTATION_NAME = "expected_response"
+
+
+class TraceNotFound(Exception):
+    """The trace is not in the tracking store: still in an export queue, or never exported."""
+
+
+class TrackingUnavailable(Exception):
+    """The tracking store could not be reached or refused the call."""
+
+
+def sync_assessments(
+    *,
+    trace_id: str,
+    key: str,
+    source_id: str,
+    feedback: tuple[str, bool | int, str] | None,
+    expectation: str | None,
+) -> tuple[str, str]:
+    """Make the trace's assessments tagged `key` match: one valid feedback, one expectation.
+
+    `feedback` is (name, value, rationale) or None to remove it; `expectation` the expected
+    response or None. A changed feedback value supersedes the old one with `override_feedback`
+    (MLflow keeps its history). Safe to repeat: what already matches is left alone.
+    Returns the (feedback, expectation) assessment ids, "" for none.
+    Raises: TraceNotFound, TrackingUnavailable.
+    """
+    from mlflow.entities import AssessmentSource
+    from mlflow.exceptions import MlflowException
+
+    try:
+        trace = mlflow.MlflowClient().get_trace(trace_id, display=False)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TraceNotFound(f"trace {trace_id} is not in the tracking store yet") from exc
+        raise TrackingUnavailable(_short(exc)) from exc
+    except Exception as exc:
+        raise TrackingUnavailable(_short(exc)) from exc
+
+    ours = [
+        a
+        for a in (trace.info.assessments or [])
+        if (a.metadata or {}).get(ASSESSMENT_KEY) == key and a.valid is not False
+    ]
+    source = AssessmentSource(source_type="HUMAN", source_id=source_id)
+    metadata = {ASSESSMENT_KEY: key}
+    try:
+        feedback_id = _sync_feedback(
+            trace_id, [a for a in ours if a.feedback is not None], feedback, source, metadata
+        )
+        expectation_id = _sync_expectation(
+            trace_id, [a for a in ours if a.expectation is not None], expectation, source, metadata
+        )
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TraceNotFound(_short(exc)) from exc
+        raise TrackingUnavailable(_short(exc)) from exc
+    except Exception as exc:
+        raise TrackingUnavailable(_short(exc)) from exc
+    return feedback_id, expectation_id
+
+
+def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
+    if desired is None:
+        _delete(trace_id, current)
+        return ""
+    name, value, rationale = desired
+    kept = next((a for a in current if a.name == name), None)
+    _delete(trace_id, [a for a in current if a is not kept])
+    if kept is None:
+        created = mlflow.log_feedback(
+            trace_id=trace_id,
+            name=name,
+            value=value,
+            rationale=rationale or None,
+            source=source,
+            metadata=metadata,
+        )
+        return created.assessment_id
+    unchanged = (
+        type(kept.feedback.value) is type(value)
+        and kept.feedback.value == value
+        and (kept.rationale or "") == (rationale or "")
+        and kept.source.source_id == source.source_id
+    )
+    if unchanged:
+        return kept.assessment_id
+    created = mlflow.override_feedback(
+        trace_id=trace_id,
+        assessment_id=kept.assessment_id,
+        value=value,
+        rationale=rationale or None,
+        source=source,
+        metadata=metadata,
+    )
+    return created.assessment_id
+
+
+def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
+    kept = next((a for a in current if desired and a.expectation.value == desired), None)
+    _delete(trace_id, [a for a in current if a is not kept])
+    if not desired:
+        return ""
+    if kept is not None:
+        return kept.assessment_id
+    created = mlflow.log_expectation(
+        trace_id=trace_id, name=EXPECTATION_NAME, value=desired, source=source, metadata=metadata
+    )
+    return created.assessment_id
+
+
+def _delete(trace_id: str, assessments) -> None:
+    for assessment in assessments:
+        mlflow.delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)

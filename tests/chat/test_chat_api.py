@@ -61,7 +61,10 @@ def test_turn_is_one_trace_with_who_where_which_request_and_deployment(
         "content": "How do I reset my password?",
     }
     assert spans["llm"].outputs["choices"][0]["message"]["content"] == body["response"]
-    assert spans["chat_turn"].inputs["message"] == "How do I reset my password?"
+    assert spans["chat_turn"].inputs["messages"] == [
+        {"role": "user", "content": "How do I reset my password?"}
+    ]
+    assert spans["chat_turn"].inputs["session_id"] == body["session_id"]
     assert info.token_usage == {
         "input_tokens": turn.prompt_tokens,
         "output_tokens": turn.completion_tokens,
