@@ -15,7 +15,9 @@ def boot_django() -> Path:
         DJANGO_SETTINGS_MODULE="chatproject.settings",
         DJANGO_SECRET_KEY="bench-only",
         DATABASE_URL=f"sqlite:///{tmp}/db.sqlite3",
-        MLFLOW_TRACKING_URI=os.environ.get("BENCH_MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db"),
+        MLFLOW_TRACKING_URI=os.environ.get(
+            "BENCH_MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db"
+        ),
         MLFLOW_ARTIFACT_ROOT=str(tmp / "mlartifacts"),
         MLFLOW_EXPERIMENT_NAME="bench",
         LOG_LEVEL="WARNING",

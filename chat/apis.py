@@ -14,7 +14,7 @@ from chat import selectors, services, tracing
 from chat.models import Message
 from chatproject.api import StrictSerializer
 
-REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,50}")
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,50}\Z")
 
 REQUEST_ID_HEADER = OpenApiParameter(
     "X-Request-ID",

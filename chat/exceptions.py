@@ -25,3 +25,10 @@ class RequestIdConflict(ChatError):
 
     status_code = 409
     code = "request_id_conflict"
+
+
+class TurnNotRateable(ChatError):
+    """Only a turn that produced an answer (with a trace) can be rated."""
+
+    status_code = 409
+    code = "turn_not_rateable"

@@ -165,3 +165,9 @@ DEPLOYMENT_ID = env.str("DEPLOYMENT_ID", default="local")
 REGION = env.str("REGION", default="local")
 # "team=support,tier=free" -> {"team": "support", "tier": "free"}
 TRACE_TAGS = env.dict("TRACE_TAGS", default={})
+
+# --- Feedback delivery to MLflow (the worker: `python manage.py deliver_feedback --loop`) --------
+FEEDBACK_RETRY_BASE_S = env.float("FEEDBACK_RETRY_BASE_S", default=1.0)
+FEEDBACK_RETRY_MAX_S = env.float("FEEDBACK_RETRY_MAX_S", default=300.0)
+FEEDBACK_MAX_ATTEMPTS = env.int("FEEDBACK_MAX_ATTEMPTS", default=25)
+FEEDBACK_POLL_INTERVAL_S = env.float("FEEDBACK_POLL_INTERVAL_S", default=0.5)

@@ -22,3 +22,5 @@ STORAGES = {
 }
 STATIC_ROOT = f"{_TMP}/static"
 os.makedirs(STATIC_ROOT, exist_ok=True)
+FEEDBACK_RETRY_BASE_S = 0.2
+FEEDBACK_RETRY_MAX_S = 1.0

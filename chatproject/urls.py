@@ -3,6 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.apis import ChatApi
+from feedback.apis import SeedFeedbackApi
 
 urlpatterns = [
     path("admin/", admin.site.urls),
@@ -12,4 +13,5 @@ urlpatterns = [
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     # The seed's endpoint, kept for its clients; same handling as /api/chat/.
     path("chat", ChatApi.as_view(), {"endpoint": "seed_chat"}, name="seed-chat"),
+    path("chat_feedback", SeedFeedbackApi.as_view(), name="seed-chat-feedback"),
 ]

@@ -1,1 +1,73 @@
+from django.conf import settings
+from django.db import models
 
+from chat.models import Turn
+
+
+class Feedback(models.Model):
+    """One person's judgement of one turn; the ORM is the source of truth, MLflow its mirror.
+
+    Every change bumps `version`; the delivery worker makes MLflow match the row and records the
+    version it delivered, so a change made during a delivery is delivered again, never lost.
+    """
+
+    class Name(models.TextChoices):
+        IS_CORRECT = "response_is_correct", "Response is correct"
+        RATING = "user_rating", "User rating (1-5)"
+
+    class Delivery(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="feedback")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_feedback"
+    )
+    is_correct = models.BooleanField(null=True, blank=True)
+    rating = models.PositiveSmallIntegerField(null=True, blank=True)
+    comment = models.TextField(blank=True)
+    expected_response = models.TextField(blank=True)
+    withdrawn = models.BooleanField(default=False)
+    version = models.PositiveIntegerField(default=1)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # Delivery to MLflow.
+    delivery_state = models.CharField(
+        max_length=16, choices=Delivery.choices, default=Delivery.PENDING, db_index=True
+    )
+    delivered_version = models.PositiveIntegerField(default=0)
+    attempts = models.PositiveIntegerField(default=0)
+    last_error = models.TextField(blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    feedback_assessment_id = models.CharField(max_length=64, blank=True)
+    expectation_assessment_id = models.CharField(max_length=64, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["user", "turn"], name="feedback_one_per_user_turn"),
+            models.CheckConstraint(
+                condition=models.Q(rating__isnull=True) | models.Q(rating__gte=1, rating__lte=5),
+                name="feedback_rating_1_to_5",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["delivery_state", "next_attempt_at"], name="feedback_due"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Feedback {self.pk} on turn {self.turn_id} by {self.user_id}"
+
+    @property
+    def name(self) -> str | None:
+        if self.rating is not None:
+            return self.Name.RATING
+        if self.is_correct is not None:
+            return self.Name.IS_CORRECT
+        return None
+
+    @property
+    def value(self) -> bool | int | None:
+        return self.rating if self.rating is not None else self.is_correct

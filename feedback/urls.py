@@ -1,1 +1,10 @@
-urlpatterns: list = []
+from django.urls import path
+
+from feedback.apis import MessageFeedbackApi, SeedFeedbackApi
+
+urlpatterns = [
+    path("chat_feedback", SeedFeedbackApi.as_view(), name="chat-feedback"),
+    path(
+        "messages/<int:message_id>/feedback/", MessageFeedbackApi.as_view(), name="message-feedback"
+    ),
+]

@@ -79,3 +79,47 @@ def llm_server(settings):
         settings.LLM_MODEL = "test-model"
         settings.LLM_TIMEOUT_S = 1.0
         yield server
+
+
+@pytest.fixture
+def deliver_until_settled():
+    """Run the delivery worker's loop until no feedback is pending (or a deadline passes)."""
+    import time
+
+    from feedback import selectors, services
+
+    def run(timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while selectors.feedback_pending().exists():
+            assert time.monotonic() < deadline, list(
+                selectors.feedback_pending().values("id", "attempts", "last_error")
+            )
+            services.feedback_deliver_due()
+            time.sleep(0.1)
+
+    return run
+
+
+@pytest.fixture
+def assessments():
+    """The valid (or all) assessments on a trace, as MLflow has them now."""
+
+    def fetch(trace_id: str, *, include_invalid: bool = False) -> list:
+        found = mlflow.MlflowClient().get_trace(trace_id, display=False).info.assessments or []
+        return [a for a in found if include_invalid or a.valid is not False]
+
+    return fetch
+
+
+@pytest.fixture
+def turn_of(api):
+    """Send a message as `api`'s user; returns the chat response body."""
+
+    def send(message: str = "Is my refund processed?", client=None, **headers) -> dict:
+        response = (client or api).post(
+            "/api/chat/", {"message": message}, format="json", headers=headers
+        )
+        assert response.status_code == 200, response.content
+        return response.json()
+
+    return send

@@ -1,0 +1,190 @@
+"""Staff labelling: actions on turns, and feedback with its delivery state."""
+
+from collections import Counter
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html
+
+from chat import tracing
+from chat.exceptions import TurnNotRateable
+from chat.models import Turn
+from feedback import services
+from feedback.forms import ExpectedResponseForm
+from feedback.models import Feedback
+
+ADMIN_DELIVERY_DEADLINE_S = 10.0
+
+
+def _report(modeladmin, request, verb: str, stored: int, refused: int, counts: Counter) -> None:
+    delivered = counts[Feedback.Delivery.DELIVERED]
+    not_yet = stored - delivered
+    level = messages.SUCCESS if not refused and not not_yet else messages.WARNING
+    text = f"{verb} {stored} turn(s): {delivered} delivered to MLflow"
+    if not_yet:
+        text += (
+            f", {not_yet} queued for the delivery worker "
+            "(MLflow not reachable or the trace not exported yet)"
+        )
+    if refused:
+        text += f"; {refused} skipped (no completed answer with a trace)"
+    modeladmin.message_user(request, text + ".", level)
+
+
+def _label(modeladmin, request, turns: QuerySet[Turn], verb: str, **fields) -> None:
+    stored, refused = [], 0
+    for turn in turns:
+        try:
+            feedback, _ = services.feedback_submit(user=request.user, turn=turn, **fields)
+        except TurnNotRateable:
+            refused += 1
+            continue
+        stored.append(feedback.pk)
+    counts = services.feedback_deliver_many(
+        feedback_ids=stored, deadline_s=ADMIN_DELIVERY_DEADLINE_S
+    )
+    _report(modeladmin, request, verb, len(stored), refused, counts)
+
+
+@admin.action(description="Mark response correct", permissions=["label"])
+def mark_correct(modeladmin, request, queryset):
+    _label(modeladmin, request, queryset, "Marked correct", is_correct=True, comment="")
+
+
+@admin.action(description="Mark response incorrect", permissions=["label"])
+def mark_incorrect(modeladmin, request, queryset):
+    _label(modeladmin, request, queryset, "Marked incorrect", is_correct=False, comment="")
+
+
+@admin.action(description="Set expected response…", permissions=["label"])
+def set_expected_response(modeladmin, request, queryset):
+    if "apply" in request.POST:
+        form = ExpectedResponseForm(request.POST)
+        if form.is_valid():
+            _label_expectation(
+                modeladmin, request, queryset, form.cleaned_data["expected_response"]
+            )
+            return None
+    else:
+        form = ExpectedResponseForm(selected=queryset.values_list("pk", flat=True))
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": "Set the expected response",
+        "form": form,
+        "turns": queryset.select_related("user", "session"),
+        "opts": modeladmin.model._meta,
+    }
+    return TemplateResponse(request, "admin/feedback/set_expected_response.html", context)
+
+
+def _label_expectation(modeladmin, request, turns, expected: str) -> None:
+    stored, refused = [], 0
+    for turn in turns:
+        existing = Feedback.objects.filter(user=request.user, turn=turn).first()
+        keep = (
+            {
+                "is_correct": existing.is_correct,
+                "rating": existing.rating,
+                "comment": existing.comment,
+            }
+            if existing and not existing.withdrawn
+            else {}
+        )
+        try:
+            feedback, _ = services.feedback_submit(
+                user=request.user, turn=turn, expected_response=expected, **keep
+            )
+        except TurnNotRateable:
+            refused += 1
+            continue
+        stored.append(feedback.pk)
+    counts = services.feedback_deliver_many(
+        feedback_ids=stored, deadline_s=ADMIN_DELIVERY_DEADLINE_S
+    )
+    _report(modeladmin, request, "Set the expected response on", len(stored), refused, counts)
+
+
+class LabelPermissionMixin:
+    def has_label_permission(self, request) -> bool:
+        return request.user.has_perm("feedback.add_feedback") and request.user.has_perm(
+            "feedback.change_feedback"
+        )
+
+
+class FeedbackInline(admin.TabularInline):
+    model = Feedback
+    fields = ("user", "is_correct", "rating", "comment", "expected_response", "delivery_state")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
+@admin.action(description="Retry delivery to MLflow", permissions=["change"])
+def retry_delivery(modeladmin, request, queryset):
+    ids = []
+    for feedback in queryset.exclude(delivery_state=Feedback.Delivery.DELIVERED):
+        services.feedback_retry(feedback=feedback)
+        ids.append(feedback.pk)
+    counts = services.feedback_deliver_many(feedback_ids=ids, deadline_s=ADMIN_DELIVERY_DEADLINE_S)
+    delivered = counts[Feedback.Delivery.DELIVERED]
+    failed = len(ids) - delivered
+    modeladmin.message_user(
+        request,
+        f"Retried {len(ids)} feedback: {delivered} delivered, {failed} not delivered "
+        "(still pending or failed; see Last error).",
+        messages.SUCCESS if not failed else messages.WARNING,
+    )
+
+
+@admin.register(Feedback)
+class FeedbackAdmin(admin.ModelAdmin):
+    list_display = (
+        "id",
+        "turn_link",
+        "user",
+        "is_correct",
+        "rating",
+        "has_expected_response",
+        "withdrawn",
+        "delivery_state",
+        "attempts",
+        "updated_at",
+    )
+    list_filter = ("delivery_state", "is_correct", "rating", "withdrawn", "updated_at")
+    search_fields = (
+        "user__username",
+        "turn__client_request_id",
+        "turn__trace_id",
+        "comment",
+        "expected_response",
+    )
+    list_select_related = ("user", "turn")
+    readonly_fields = [f.name for f in Feedback._meta.fields] + ["trace_link"]
+    actions = [retry_delivery]
+    date_hierarchy = "updated_at"
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    @admin.display(description="Turn")
+    def turn_link(self, obj: Feedback):
+        url = reverse("admin:chat_turn_change", args=[obj.turn_id])
+        return format_html('<a href="{}">{}</a>', url, obj.turn.client_request_id)
+
+    @admin.display(description="Expected response", boolean=True)
+    def has_expected_response(self, obj: Feedback) -> bool:
+        return bool(obj.expected_response)
+
+    @admin.display(description="Trace in MLflow")
+    def trace_link(self, obj: Feedback):
+        url = tracing.trace_ui_url(obj.turn.trace_id)
+        return (
+            format_html('<a href="{}" target="_blank">{}</a>', url, obj.turn.trace_id)
+            if url
+            else "-"
+        )

@@ -1,0 +1,76 @@
+import signal
+import threading
+from collections import Counter
+
+from django.conf import settings
+from django.core.management.base import BaseCommand
+from django.db import close_old_connections
+
+from chat import tracing
+from feedback import selectors, services
+from feedback.models import Feedback
+
+
+class Command(BaseCommand):
+    help = (
+        "Deliver stored feedback to MLflow as assessments. Without --loop: one pass over what is "
+        "due, with progress. With --loop: the worker `make run` starts; stops cleanly on SIGTERM."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("--loop", action="store_true", help="keep polling until stopped")
+        parser.add_argument(
+            "--retry-failed", action="store_true", help="re-queue failed feedback first"
+        )
+        parser.add_argument("--batch", type=int, default=100, help="rows per pass (default 100)")
+
+    def handle(self, *args, loop: bool, retry_failed: bool, batch: int, **options):
+        if retry_failed:
+            failed = Feedback.objects.filter(delivery_state=Feedback.Delivery.FAILED)
+            for feedback in failed:
+                services.feedback_retry(feedback=feedback)
+            self.stdout.write(f"re-queued {len(failed)} failed feedback")
+        if loop:
+            self._loop(batch)
+        else:
+            self._one_pass(batch)
+
+    def _one_pass(self, batch: int) -> None:
+        total: Counter = Counter()
+        while True:
+            counts = services.feedback_deliver_due(limit=batch, progress=self._progress)
+            total.update(counts)
+            if sum(counts.values()) < batch:
+                break
+        waiting = selectors.feedback_pending().count()
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"delivered {total[Feedback.Delivery.DELIVERED]}, "
+                f"failed {total[Feedback.Delivery.FAILED]}, "
+                f"{waiting} pending (retried later with backoff)"
+            )
+        )
+
+    def _progress(self, done: int, of: int, counts: Counter) -> None:
+        if done == of or done % 25 == 0:
+            summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+            self.stdout.write(f"  [{done}/{of}] {summary}")
+
+    def _loop(self, batch: int) -> None:
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        self.stdout.write(
+            f"feedback worker polling every {settings.FEEDBACK_POLL_INTERVAL_S}s "
+            f"(tracking uri {settings.MLFLOW_TRACKING_URI})"
+        )
+        while not stop.is_set():
+            close_old_connections()
+            counts = services.feedback_deliver_due(limit=batch)
+            if counts:
+                summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
+                self.stdout.write(f"feedback delivery: {summary}")
+            if sum(counts.values()) < batch:
+                stop.wait(settings.FEEDBACK_POLL_INTERVAL_S)
+        tracing.flush()
+        self.stdout.write("feedback worker stopped")

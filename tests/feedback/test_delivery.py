@@ -1,0 +1,96 @@
+import pytest
+from django.core.management import call_command
+
+from feedback import services
+from feedback.models import Feedback
+
+pytestmark = pytest.mark.django_db
+
+
+def _rate(api, turn, **payload):
+    response = api.put(f"/api/messages/{turn['message_id']}/feedback/", payload, format="json")
+    assert response.status_code in (200, 201), response.content
+    return Feedback.objects.get(pk=response.json()["id"])
+
+
+def test_feedback_on_a_trace_that_never_arrives_is_marked_failed_with_the_reason(
+    api, turn_of, settings
+):
+    settings.FEEDBACK_MAX_ATTEMPTS = 2
+    settings.FEEDBACK_RETRY_BASE_S = 0
+    turn = turn_of()
+    feedback = _rate(api, turn, is_correct=True)
+    feedback.turn.trace_id = "tr-00000000000000000000000000000000"
+    feedback.turn.save(update_fields=["trace_id"])
+
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "pending"
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "failed"
+    feedback.refresh_from_db()
+    assert feedback.attempts == 2
+    assert "TraceNotFound" in feedback.last_error
+
+
+def test_retry_re_queues_failed_feedback_and_delivers_it(api, turn_of, get_trace, settings):
+    settings.FEEDBACK_MAX_ATTEMPTS = 1
+    turn = turn_of()
+    feedback = _rate(api, turn, is_correct=True)
+    real_trace = feedback.turn.trace_id
+    feedback.turn.trace_id = "tr-11111111111111111111111111111111"
+    feedback.turn.save(update_fields=["trace_id"])
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "failed"
+
+    feedback.turn.trace_id = real_trace
+    feedback.turn.save(update_fields=["trace_id"])
+    get_trace(real_trace)  # exported
+    services.feedback_retry(feedback=feedback)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+
+
+def test_a_claimed_row_is_not_delivered_twice_at_once(api, turn_of, get_trace):
+    turn = turn_of()
+    feedback = _rate(api, turn, is_correct=True)
+    get_trace(turn["trace_id"])
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    assert services.feedback_deliver(feedback_id=feedback.pk) is None
+
+
+def test_a_change_made_during_delivery_is_delivered_next(
+    api, turn_of, get_trace, assessments, deliver_until_settled
+):
+    turn = turn_of()
+    feedback = _rate(api, turn, is_correct=True)
+    get_trace(turn["trace_id"])
+    # Simulate the user changing the vote between the claim and the end of delivery.
+    Feedback.objects.filter(pk=feedback.pk).update(version=feedback.version + 1, is_correct=False)
+    Feedback.objects.filter(pk=feedback.pk).update(version=feedback.version)
+    state = services.feedback_deliver(feedback_id=feedback.pk)
+    assert state == "delivered"
+    _rate(api, turn, is_correct=False)
+    deliver_until_settled()
+    (valid,) = assessments(turn["trace_id"])
+    assert valid.feedback.value is False
+
+
+def test_delivery_is_idempotent_with_mlflow(api, turn_of, get_trace, assessments):
+    turn = turn_of()
+    feedback = _rate(api, turn, rating=4, expected_response="Yes.")
+    get_trace(turn["trace_id"])
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    # A crash after logging but before saving would deliver the same version again:
+    Feedback.objects.filter(pk=feedback.pk).update(delivery_state="pending", next_attempt_at=None)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    assert sorted(a.name for a in assessments(turn["trace_id"])) == [
+        "expected_response",
+        "user_rating",
+    ]
+
+
+def test_the_command_delivers_what_is_due_with_progress(api, turn_of, get_trace, capsys):
+    turn = turn_of()
+    _rate(api, turn, is_correct=False)
+    get_trace(turn["trace_id"])
+    call_command("deliver_feedback")
+    out = capsys.readouterr().out
+    assert "[1/1] delivered 1" in out
+    assert "delivered 1, failed 0, 0 pending" in out
+    assert Feedback.objects.get().delivery_state == "delivered"

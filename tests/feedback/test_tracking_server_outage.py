@@ -1,0 +1,77 @@
+"""Against a real `mlflow server` process that the test stops and starts again."""
+
+import time
+
+import pytest
+
+from chat import tracing
+from feedback import services
+from feedback.models import Feedback
+from tests.mlflow_server import MlflowServer
+
+pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path / "mlflow-server")
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_feedback_survives_a_tracking_server_outage(
+    api, user, turn_of, mlflow_server, deliver_until_settled, assessments
+):
+    assert tracing.configure(tracking_uri=mlflow_server.url, experiment_name="outage")
+    turn = turn_of(**{"X-Request-ID": "req-outage"})
+    tracing.flush()  # the trace reaches the server before it goes down
+    mlflow_server.stop()
+
+    started = time.monotonic()
+    response = api.post(
+        "/api/chat_feedback?client_request_id=req-outage",
+        {"is_correct": False, "comment": "server was down"},
+        format="json",
+    )
+    answered_in = time.monotonic() - started
+    assert response.status_code == 201
+    assert answered_in < 1.0, answered_in
+
+    started = time.monotonic()
+    assert services.feedback_deliver_due()["pending"] == 1
+    assert time.monotonic() - started < 10  # bounded: no 4-minute retry loop
+    waiting = Feedback.objects.get()
+    assert waiting.delivery_state == "pending" and "TrackingUnavailable" in waiting.last_error
+
+    # A chat turn during the outage still answers.
+    assert api.post("/api/chat/", {"message": "anyone?"}, format="json").status_code == 200
+
+    mlflow_server.start()
+    deliver_until_settled(timeout=60)
+
+    (assessment,) = assessments(turn["trace_id"])
+    assert assessment.feedback.value is False
+    assert assessment.rationale == "server was down"
+    assert assessment.source.source_id == str(user.id)
+
+
+def test_the_app_resolves_the_experiment_once_the_server_comes_up(api, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracing, "RESOLVE_RETRY_INTERVAL_S", 0.5)
+    server = MlflowServer(tmp_path / "late-server")
+    assert tracing.configure(tracking_uri=server.url, experiment_name="late") is False
+    assert api.post("/api/chat/", {"message": "early"}, format="json").json()["trace_id"] is None
+    server.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not tracing.is_ready():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        body = api.post("/api/chat/", {"message": "later"}, format="json").json()
+        assert body["trace_id"] is not None
+        tracing.flush()
+        import mlflow
+
+        assert mlflow.MlflowClient().get_trace(body["trace_id"]).info.client_request_id
+    finally:
+        server.stop()
