@@ -63,6 +63,9 @@ def configure(*, tracking_uri: str | None = None, experiment_name: str | None = 
     # MLflow reads these on every HTTP call; bounded so nothing waits minutes on a dead server.
     os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.MLFLOW_HTTP_REQUEST_TIMEOUT)
     os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.MLFLOW_HTTP_REQUEST_MAX_RETRIES)
+    os.environ["MLFLOW_ASYNC_TRACE_LOGGING_MAX_INTERVAL_MILLIS"] = str(
+        settings.MLFLOW_TRACE_EXPORT_INTERVAL_MS
+    )
     tracking_uri = tracking_uri or settings.MLFLOW_TRACKING_URI
     experiment_name = experiment_name or settings.MLFLOW_EXPERIMENT_NAME
     mlflow.set_tracking_uri(tracking_uri)
@@ -341,35 +344,25 @@ def sync_assessments(
     source_id: str,
     feedback: tuple[str, bool | int, str] | None,
     expectation: str | None,
+    known_empty: bool = False,
 ) -> tuple[str, str]:
     """Make the trace's assessments tagged `key` match: one valid feedback, one expectation.
 
     `feedback` is (name, value, rationale) or None to remove it; `expectation` the expected
     response or None. A changed feedback value supersedes the old one with `override_feedback`
     (MLflow keeps its history). Safe to repeat: what already matches is left alone.
+    `known_empty` (nothing was ever sent for `key`) skips reading the trace first, which halves
+    the calls on the common path.
     Returns the (feedback, expectation) assessment ids, "" for none.
     Raises: TraceNotFound, TrackingUnavailable.
     """
     from mlflow.entities import AssessmentSource
     from mlflow.exceptions import MlflowException
 
-    try:
-        trace = mlflow.MlflowClient().get_trace(trace_id, display=False)
-    except MlflowException as exc:
-        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TraceNotFound(f"trace {trace_id} is not in the tracking store yet") from exc
-        raise TrackingUnavailable(_short(exc)) from exc
-    except Exception as exc:
-        raise TrackingUnavailable(_short(exc)) from exc
-
-    ours = [
-        a
-        for a in (trace.info.assessments or [])
-        if (a.metadata or {}).get(ASSESSMENT_KEY) == key and a.valid is not False
-    ]
     source = AssessmentSource(source_type="HUMAN", source_id=source_id)
     metadata = {ASSESSMENT_KEY: key}
     try:
+        ours = [] if known_empty else _our_assessments(trace_id, key)
         feedback_id = _sync_feedback(
             trace_id, [a for a in ours if a.feedback is not None], feedback, source, metadata
         )
@@ -378,11 +371,29 @@ def sync_assessments(
         )
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
-            raise TraceNotFound(_short(exc)) from exc
+            raise TraceNotFound(f"trace {trace_id} is not in the tracking store yet") from exc
         raise TrackingUnavailable(_short(exc)) from exc
     except Exception as exc:
         raise TrackingUnavailable(_short(exc)) from exc
     return feedback_id, expectation_id
+
+
+def tracking_reachable() -> bool:
+    """One cheap call to the tracking store: is it answering?"""
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+        return True
+    except Exception:
+        return False
+
+
+def _our_assessments(trace_id: str, key: str) -> list:
+    trace = mlflow.MlflowClient().get_trace(trace_id, display=False)
+    return [
+        a
+        for a in (trace.info.assessments or [])
+        if (a.metadata or {}).get(ASSESSMENT_KEY) == key and a.valid is not False
+    ]
 
 
 def _sync_feedback(trace_id, current, desired, source, metadata) -> str:

@@ -158,6 +158,8 @@ MLFLOW_UI_URL = env.str("MLFLOW_UI_URL", default="http://127.0.0.1:5000")
 # Bounds for every MLflow HTTP call made from this process (the seed measured 247 s unbounded).
 MLFLOW_HTTP_REQUEST_TIMEOUT = env.int("MLFLOW_HTTP_REQUEST_TIMEOUT", default=5)
 MLFLOW_HTTP_REQUEST_MAX_RETRIES = env.int("MLFLOW_HTTP_REQUEST_MAX_RETRIES", default=0)
+# MLflow's span batcher waits up to this long before exporting (its default, 5 s, delays feedback).
+MLFLOW_TRACE_EXPORT_INTERVAL_MS = env.int("MLFLOW_TRACE_EXPORT_INTERVAL_MS", default=1000)
 
 APP_ENVIRONMENT = env.str("APP_ENVIRONMENT", default="development")
 APP_VERSION = env.str("APP_VERSION", default="0.1.0")
@@ -168,6 +170,11 @@ TRACE_TAGS = env.dict("TRACE_TAGS", default={})
 
 # --- Feedback delivery to MLflow (the worker: `python manage.py deliver_feedback --loop`) --------
 FEEDBACK_RETRY_BASE_S = env.float("FEEDBACK_RETRY_BASE_S", default=1.0)
-FEEDBACK_RETRY_MAX_S = env.float("FEEDBACK_RETRY_MAX_S", default=300.0)
-FEEDBACK_MAX_ATTEMPTS = env.int("FEEDBACK_MAX_ATTEMPTS", default=25)
+FEEDBACK_RETRY_MAX_S = env.float("FEEDBACK_RETRY_MAX_S", default=60.0)
+FEEDBACK_MAX_ATTEMPTS = env.int("FEEDBACK_MAX_ATTEMPTS", default=80)
+# A trace still in the app's export queue is normal for a few seconds: retry it at the base pace.
+FEEDBACK_TRACE_WAIT_ATTEMPTS = env.int("FEEDBACK_TRACE_WAIT_ATTEMPTS", default=20)
 FEEDBACK_POLL_INTERVAL_S = env.float("FEEDBACK_POLL_INTERVAL_S", default=0.5)
+FEEDBACK_DELIVERY_THREADS = env.int("FEEDBACK_DELIVERY_THREADS", default=4)
+# While feedback waits out an outage, the worker checks this often whether MLflow is back.
+FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)

@@ -6,6 +6,7 @@ import tempfile
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key")
 
 from chatproject.settings import *  # noqa: E402,F403
+from chatproject.settings import DATABASES  # noqa: E402
 
 # Never the developer's exported store: a fresh one per test run.
 _TMP = tempfile.mkdtemp(prefix="chat-tests-")
@@ -24,3 +25,7 @@ STATIC_ROOT = f"{_TMP}/static"
 os.makedirs(STATIC_ROOT, exist_ok=True)
 FEEDBACK_RETRY_BASE_S = 0.2
 FEEDBACK_RETRY_MAX_S = 1.0
+FEEDBACK_DELIVERY_THREADS = 1  # tests share one in-transaction connection
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # A file, like production: threads and processes share it (in-memory SQLite locks tables).
+    DATABASES["default"]["TEST"] = {"NAME": f"{_TMP}/test-db.sqlite3"}

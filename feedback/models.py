@@ -39,6 +39,8 @@ class Feedback(models.Model):
     )
     delivered_version = models.PositiveIntegerField(default=0)
     attempts = models.PositiveIntegerField(default=0)
+    # Set by the first delivery attempt ever: before it, MLflow surely has nothing of this row.
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
     delivered_at = models.DateTimeField(null=True, blank=True)

@@ -9,14 +9,16 @@ reason, never dropped.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -102,10 +104,13 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     claimed = (
         selectors.feedback_pending()
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now), pk=feedback_id)
-        .update(next_attempt_at=now + timedelta(seconds=LEASE_S))
+        .update(next_attempt_at=now + timedelta(seconds=LEASE_S), attempts=F("attempts") + 1)
     )
     if not claimed:
         return None
+    first_attempt = Feedback.objects.filter(pk=feedback_id, first_attempt_at__isnull=True).update(
+        first_attempt_at=now
+    )
     feedback = Feedback.objects.select_related("turn").get(pk=feedback_id)
     version = feedback.version
     trace_id = feedback.turn.trace_id
@@ -125,14 +130,19 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
             source_id=str(feedback.user_id),
             feedback=wanted_feedback,
             expectation=wanted_expectation,
+            known_empty=bool(first_attempt),
         )
     except (tracing.TraceNotFound, tracing.TrackingUnavailable) as exc:
-        return _delivery_failed(feedback, f"{type(exc).__name__}: {exc}", permanent=False)
+        return _delivery_failed(
+            feedback,
+            f"{type(exc).__name__}: {exc}",
+            permanent=False,
+            steady=isinstance(exc, tracing.TraceNotFound),
+        )
 
     delivered = {
         "feedback_assessment_id": feedback_assessment_id,
         "expectation_assessment_id": expectation_assessment_id,
-        "attempts": F("attempts") + 1,
         "last_error": "",
     }
     done = Feedback.objects.filter(pk=feedback.pk, version=version).update(
@@ -149,14 +159,24 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     return Feedback.Delivery.PENDING
 
 
-def _delivery_failed(feedback: Feedback, error: str, *, permanent: bool) -> str:
-    attempts = feedback.attempts + 1
+def _delivery_failed(
+    feedback: Feedback, error: str, *, permanent: bool, steady: bool = False
+) -> str:
+    """Record a failed attempt: retry later with backoff, or give up with the reason.
+
+    `steady`: the trace is not exported yet, which is normal for a few seconds after a turn;
+    those first retries keep the base pace instead of backing off.
+    """
+    attempts = feedback.attempts  # counted when the row was claimed
     if permanent or attempts >= settings.FEEDBACK_MAX_ATTEMPTS:
         state, next_attempt_at = Feedback.Delivery.FAILED, None
     else:
-        delay = min(
-            settings.FEEDBACK_RETRY_BASE_S * 2 ** (attempts - 1), settings.FEEDBACK_RETRY_MAX_S
-        )
+        if steady and attempts <= settings.FEEDBACK_TRACE_WAIT_ATTEMPTS:
+            delay = settings.FEEDBACK_RETRY_BASE_S
+        else:
+            delay = min(
+                settings.FEEDBACK_RETRY_BASE_S * 2 ** (attempts - 1), settings.FEEDBACK_RETRY_MAX_S
+            )
         state, next_attempt_at = (
             Feedback.Delivery.PENDING,
             timezone.now() + timedelta(seconds=delay),
@@ -179,29 +199,74 @@ def _delivery_failed(feedback: Feedback, error: str, *, permanent: bool) -> str:
     return state
 
 
+def feedback_resume_after_outage() -> int:
+    """When the tracking store answers again, deliver what was backing off because it did not.
+
+    Without this, feedback that backed off during a long outage would wait up to
+    FEEDBACK_RETRY_MAX_S after the store is back. Returns how many rows were pulled forward.
+    """
+    now = timezone.now()
+    waiting = selectors.feedback_pending().filter(
+        last_error__startswith="TrackingUnavailable", next_attempt_at__gt=now
+    )
+    if not waiting.exists() or not tracing.tracking_reachable():
+        return 0
+    return waiting.update(next_attempt_at=now)
+
+
 def feedback_deliver_due(
-    *, limit: int = 100, progress: Callable[[int, int, Counter], None] | None = None
+    *,
+    limit: int = 100,
+    threads: int = 1,
+    progress: Callable[[int, int, Counter], None] | None = None,
 ) -> Counter:
     """One pass over the feedback due now; returns counts by resulting state."""
     ids = selectors.feedback_due_ids(now=timezone.now(), limit=limit)
-    return feedback_deliver_many(feedback_ids=ids, progress=progress)
+    return feedback_deliver_many(feedback_ids=ids, threads=threads, progress=progress)
 
 
 def feedback_deliver_many(
     *,
     feedback_ids: list[int],
     deadline_s: float | None = None,
+    threads: int = 1,
     progress: Callable[[int, int, Counter], None] | None = None,
 ) -> Counter:
-    """Try each row once (until `deadline_s`, after which the rest stay queued for the worker)."""
+    """Try each row once (until `deadline_s`, after which the rest stay queued for the worker).
+
+    With `threads` > 1 rows are delivered concurrently, each thread on its own DB connection:
+    MLflow round trips, not our work, bound the throughput.
+    """
     started = time.monotonic()
     counts: Counter = Counter()
-    for done, feedback_id in enumerate(feedback_ids, start=1):
+    lock = threading.Lock()
+
+    def deliver(feedback_id: int) -> None:
         if deadline_s is not None and time.monotonic() - started > deadline_s:
-            counts[Feedback.Delivery.PENDING] += len(feedback_ids) - done + 1
-            break
-        state = feedback_deliver(feedback_id=feedback_id)
-        counts[state or "skipped"] += 1
-        if progress:
-            progress(done, len(feedback_ids), counts)
+            state = Feedback.Delivery.PENDING  # left queued for the worker
+        else:
+            try:
+                state = feedback_deliver(feedback_id=feedback_id) or "skipped"
+            except Exception:
+                # E.g. a locked database: the row keeps its lease and is retried after it.
+                logger.exception("feedback delivery crashed feedback_id=%s", feedback_id)
+                state = "error"
+        with lock:
+            counts[state] += 1
+            if progress:
+                progress(sum(counts.values()), len(feedback_ids), counts)
+
+    if threads <= 1 or len(feedback_ids) <= 1:
+        for feedback_id in feedback_ids:
+            deliver(feedback_id)
+        return counts
+
+    def deliver_in_thread(feedback_id: int) -> None:
+        try:
+            deliver(feedback_id)
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feedback-delivery") as pool:
+        list(pool.map(deliver_in_thread, feedback_ids))
     return counts

@@ -94,3 +94,17 @@ def test_the_command_delivers_what_is_due_with_progress(api, turn_of, get_trace,
     assert "[1/1] delivered 1" in out
     assert "delivered 1, failed 0, 0 pending" in out
     assert Feedback.objects.get().delivery_state == "delivered"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_threaded_delivery_delivers_each_row_exactly_once(api, turn_of, get_trace, assessments):
+    turns = [turn_of(f"question {i}") for i in range(6)]
+    for turn in turns:
+        _rate(api, turn, is_correct=True)
+    get_trace(turns[-1]["trace_id"])  # flushes every queued trace
+
+    counts = services.feedback_deliver_due(threads=4)
+
+    assert counts == {"delivered": 6}
+    for turn in turns:
+        assert len(assessments(turn["trace_id"])) == 1

@@ -1,5 +1,6 @@
 import signal
 import threading
+import time
 from collections import Counter
 
 from django.conf import settings
@@ -23,8 +24,15 @@ class Command(BaseCommand):
             "--retry-failed", action="store_true", help="re-queue failed feedback first"
         )
         parser.add_argument("--batch", type=int, default=100, help="rows per pass (default 100)")
+        parser.add_argument(
+            "--threads",
+            type=int,
+            default=settings.FEEDBACK_DELIVERY_THREADS,
+            help="concurrent deliveries (default FEEDBACK_DELIVERY_THREADS)",
+        )
 
-    def handle(self, *args, loop: bool, retry_failed: bool, batch: int, **options):
+    def handle(self, *args, loop: bool, retry_failed: bool, batch: int, threads: int, **options):
+        self.threads = threads
         if retry_failed:
             failed = Feedback.objects.filter(delivery_state=Feedback.Delivery.FAILED)
             for feedback in failed:
@@ -38,7 +46,9 @@ class Command(BaseCommand):
     def _one_pass(self, batch: int) -> None:
         total: Counter = Counter()
         while True:
-            counts = services.feedback_deliver_due(limit=batch, progress=self._progress)
+            counts = services.feedback_deliver_due(
+                limit=batch, threads=self.threads, progress=self._progress
+            )
             total.update(counts)
             if sum(counts.values()) < batch:
                 break
@@ -64,9 +74,14 @@ class Command(BaseCommand):
             f"feedback worker polling every {settings.FEEDBACK_POLL_INTERVAL_S}s "
             f"(tracking uri {settings.MLFLOW_TRACKING_URI})"
         )
+        next_probe = time.monotonic()
         while not stop.is_set():
             close_old_connections()
-            counts = services.feedback_deliver_due(limit=batch)
+            if time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + settings.FEEDBACK_PROBE_INTERVAL_S
+                if resumed := services.feedback_resume_after_outage():
+                    self.stdout.write(f"tracking store is back: resuming {resumed} feedback")
+            counts = services.feedback_deliver_due(limit=batch, threads=self.threads)
             if counts:
                 summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
                 self.stdout.write(f"feedback delivery: {summary}")
