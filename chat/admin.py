@@ -6,6 +6,7 @@ from chat.models import ChatSession, Message, Turn
 from feedback.admin import (
     FeedbackInline,
     LabelPermissionMixin,
+    export_to_eval_dataset,
     mark_correct,
     mark_incorrect,
     set_expected_response,
@@ -62,7 +63,7 @@ class TurnAdmin(LabelPermissionMixin, admin.ModelAdmin):
     list_select_related = ("user", "session")
     readonly_fields = [f.name for f in Turn._meta.fields] + ["trace_link"]
     inlines = [MessageInline, FeedbackInline]
-    actions = [mark_correct, mark_incorrect, set_expected_response]
+    actions = [mark_correct, mark_incorrect, set_expected_response, export_to_eval_dataset]
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request) -> bool:

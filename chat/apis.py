@@ -6,11 +6,13 @@ from django.conf import settings
 from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors, services, tracing
+from chat.exceptions import TracesUnavailable
 from chat.models import Message
 from chatproject.api import StrictSerializer
 
@@ -200,3 +202,135 @@ class SessionDetailApi(APIView):
         session = selectors.session_get(user=request.user, session_id=session_id)
         services.session_delete(session=session)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class TraceSummarySerializer(serializers.Serializer):
+    trace_id = serializers.CharField()
+    time = serializers.DateTimeField()
+    duration_ms = serializers.IntegerField(allow_null=True)
+    state = serializers.CharField()
+    user = serializers.CharField(allow_null=True)
+    session = serializers.CharField(allow_null=True)
+    client_request_id = serializers.CharField(allow_null=True)
+    request_preview = serializers.CharField(allow_null=True)
+    response_preview = serializers.CharField(allow_null=True)
+    feedback = serializers.DictField()
+    expectations = serializers.DictField()
+    tags = serializers.DictField(child=serializers.CharField())
+    metadata = serializers.DictField(child=serializers.CharField())
+    url = serializers.CharField(allow_null=True)
+
+
+class TracePageSerializer(serializers.Serializer):
+    results = TraceSummarySerializer(many=True)
+    next = serializers.CharField(allow_null=True)
+
+
+class TracePageParams(StrictSerializer):
+    ordering = serializers.ChoiceField(choices=sorted(tracing.ORDERINGS), default="-time")
+    cursor = serializers.CharField(required=False, max_length=2000)
+    page_size = serializers.IntegerField(min_value=1, max_value=200, default=50)
+
+
+def _pair(value: str, name: str) -> tuple[str, str]:
+    key, sep, val = value.partition(":")
+    if not sep or not tracing.SAFE_KEY.fullmatch(key) or not tracing.SAFE_VALUE.fullmatch(val):
+        raise serializers.ValidationError(
+            {name: [f"Use {name}=key:value with letters, digits and . _ - in the key."]}
+        )
+    return key, val
+
+
+def _safe(value: str, name: str) -> str:
+    if not tracing.SAFE_VALUE.fullmatch(value):
+        raise serializers.ValidationError({name: ["Contains characters that cannot be searched."]})
+    return value
+
+
+def _trace_page(request: Request, query: tracing.TraceQuery, params: dict) -> Response:
+    try:
+        page = tracing.search_traces(
+            query,
+            order=params["ordering"],
+            page_token=params.get("cursor"),
+            page_size=params["page_size"],
+        )
+    except tracing.UnsafeFilterValue as exc:
+        raise serializers.ValidationError({"filter": [str(exc)]}) from exc
+    except tracing.TrackingUnavailable as exc:
+        raise TracesUnavailable(
+            "Trace search needs the MLflow tracking server, which did not answer; retry shortly."
+        ) from exc
+    next_url = None
+    if page.next_page_token:
+        query_params = request.query_params.copy()
+        query_params["cursor"] = page.next_page_token
+        next_url = request.build_absolute_uri(f"{request.path}?{query_params.urlencode()}")
+    return Response(TracePageSerializer({"results": page.traces, "next": next_url}).data)
+
+
+class TraceSearchApi(APIView):
+    """Staff: search every trace by user, session, request id, tags, deployment and feedback."""
+
+    permission_classes = [IsAdminUser]
+
+    class FilterSerializer(TracePageParams):
+        user = serializers.CharField(required=False, max_length=150, help_text="id or username")
+        session = serializers.UUIDField(required=False)
+        client_request_id = serializers.RegexField(REQUEST_ID_PATTERN, required=False)
+        tag = serializers.ListField(child=serializers.CharField(), required=False)
+        environment = serializers.CharField(required=False, max_length=250)
+        app_version = serializers.CharField(required=False, max_length=250)
+        feedback = serializers.ListField(
+            child=serializers.CharField(), required=False, help_text="name:value"
+        )
+        since = serializers.DateTimeField(required=False)
+        until = serializers.DateTimeField(required=False)
+
+    @extend_schema(parameters=[FilterSerializer], responses=TracePageSerializer)
+    def get(self, request: Request) -> Response:
+        params = self.FilterSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        query = trace_query_from(params.validated_data)
+        if query is None:
+            return Response(TracePageSerializer({"results": [], "next": None}).data)
+        return _trace_page(request, query, params.validated_data)
+
+
+def trace_query_from(data: dict) -> tracing.TraceQuery | None:
+    """A TraceQuery from validated filters; None when the user filter names nobody.
+
+    Raises: ValidationError for a tag/feedback/deployment value that cannot be searched.
+    """
+    user_id = None
+    if "user" in data:
+        user_id = selectors.user_id_for(data["user"])
+        if user_id is None:
+            return None
+    metadata = [(k, _safe(data[k], k)) for k in ("environment", "app_version") if k in data]
+    feedback = [_pair(v, "feedback") for v in data.get("feedback", [])]
+    return tracing.TraceQuery(
+        user_id=user_id,
+        session_id=str(data["session"]) if "session" in data else None,
+        client_request_id=data.get("client_request_id"),
+        tags=tuple(_pair(v, "tag") for v in data.get("tag", [])),
+        metadata=tuple(metadata),
+        # MLflow stores booleans as 'true'/'false'.
+        feedback=tuple(
+            (k, v.lower() if v.lower() in ("true", "false") else v) for k, v in feedback
+        ),
+        since_ms=int(data["since"].timestamp() * 1000) if "since" in data else None,
+        until_ms=int(data["until"].timestamp() * 1000) if "until" in data else None,
+    )
+
+
+class SessionTracesApi(APIView):
+    """The traces of one of your conversations."""
+
+    @extend_schema(parameters=[TracePageParams], responses=TracePageSerializer)
+    def get(self, request: Request, session_id) -> Response:
+        session = selectors.session_get(user=request.user, session_id=session_id)
+        params = TracePageParams(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        query = tracing.TraceQuery(user_id=request.user.pk, session_id=str(session.pk))
+        return _trace_page(request, query, params.validated_data)

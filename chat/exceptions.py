@@ -32,3 +32,10 @@ class TurnNotRateable(ChatError):
 
     status_code = 409
     code = "turn_not_rateable"
+
+
+class TracesUnavailable(ChatError):
+    """Trace search needs the tracking store, and it did not answer."""
+
+    status_code = 503
+    code = "traces_unavailable"

@@ -39,6 +39,9 @@ class Turn(models.Model):
     client_request_id = models.CharField(max_length=50)
     trace_id = models.CharField(max_length=64, blank=True, db_index=True)
     endpoint = models.CharField(max_length=50, blank=True)
+    # The deployment that answered, as on the trace: reports group by these without MLflow.
+    environment = models.CharField(max_length=100, blank=True, db_index=True)
+    app_version = models.CharField(max_length=100, blank=True, db_index=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     model = models.CharField(max_length=200, blank=True)
     prompt_tokens = models.PositiveIntegerField(null=True, blank=True)

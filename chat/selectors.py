@@ -1,5 +1,6 @@
 """Reads. Every selector is scoped to its owner: someone else's objects do not exist (404)."""
 
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
@@ -42,3 +43,11 @@ def history_for_llm(*, session: ChatSession, before: Turn, max_turns: int) -> li
     )
     messages = Message.objects.filter(turn_id__in=turn_ids).order_by("turn_id", "id")
     return [ChatMessage(role=m.role, content=m.content) for m in messages]
+
+
+def user_id_for(value: str) -> int | None:
+    """A user's id from an id or a username; None when there is no such user."""
+    users = get_user_model().objects
+    if value.isdigit():
+        return users.filter(pk=int(value)).values_list("pk", flat=True).first()
+    return users.filter(username=value).values_list("pk", flat=True).first()

@@ -105,6 +105,8 @@ def _turn_start(
             user=user,
             client_request_id=client_request_id,
             endpoint=endpoint,
+            environment=settings.APP_ENVIRONMENT,
+            app_version=settings.APP_VERSION,
             attempts=1,
             started_at=timezone.now(),
         )

@@ -14,10 +14,13 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -448,3 +451,176 @@ def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
 def _delete(trace_id: str, assessments) -> None:
     for assessment in assessments:
         mlflow.delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)
+
+
+# --- Searching traces ----------------------------------------------------------------------------
+
+# Values go into MLflow's filter grammar inside single quotes; anything outside these sets is
+# refused before a filter string is built, so no input can change the filter's meaning.
+SAFE_VALUE = re.compile(r"^[A-Za-z0-9 _.:/@+,-]{1,250}\Z")
+SAFE_KEY = re.compile(r"^[A-Za-z0-9_.-]{1,250}\Z")
+ORDERINGS = {
+    "-time": "timestamp_ms DESC",
+    "time": "timestamp_ms ASC",
+    "-duration": "execution_time_ms DESC",
+    "duration": "execution_time_ms ASC",
+}
+
+
+class UnsafeFilterValue(ValueError):
+    """A filter value that could not be placed in a filter string safely."""
+
+
+@dataclass(frozen=True)
+class TraceQuery:
+    user_id: int | None = None
+    session_id: str | None = None
+    client_request_id: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    metadata: tuple[tuple[str, str], ...] = ()
+    feedback: tuple[tuple[str, str], ...] = ()
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    trace_id: str
+    time: datetime
+    duration_ms: int | None
+    state: str
+    user: str | None
+    session: str | None
+    client_request_id: str | None
+    request_preview: str | None
+    response_preview: str | None
+    feedback: dict[str, Any]
+    expectations: dict[str, Any]
+    tags: dict[str, str]
+    metadata: dict[str, str]
+    url: str | None
+
+
+@dataclass(frozen=True)
+class TracePage:
+    traces: list[TraceSummary]
+    next_page_token: str | None
+
+
+def _quoted(value: str) -> str:
+    if not SAFE_VALUE.fullmatch(value):
+        raise UnsafeFilterValue(f"unsafe filter value: {value[:40]!r}")
+    return f"'{value}'"
+
+
+def _key(key: str) -> str:
+    if not SAFE_KEY.fullmatch(key):
+        raise UnsafeFilterValue(f"unsafe filter key: {key[:40]!r}")
+    return f"`{key}`"
+
+
+def trace_filter_string(query: TraceQuery) -> str:
+    """MLflow's filter grammar for `query`. Raises: UnsafeFilterValue."""
+    clauses = []
+    if query.user_id is not None:
+        clauses.append(f"metadata.`mlflow.trace.user` = {_quoted(str(int(query.user_id)))}")
+    if query.session_id:
+        clauses.append(f"metadata.`mlflow.trace.session` = {_quoted(query.session_id)}")
+    if query.client_request_id:
+        clauses.append(f"attributes.client_request_id = {_quoted(query.client_request_id)}")
+    clauses += [f"tags.{_key(k)} = {_quoted(v)}" for k, v in query.tags]
+    clauses += [f"metadata.{_key(k)} = {_quoted(v)}" for k, v in query.metadata]
+    clauses += [f"feedback.{_key(k)} = {_quoted(v)}" for k, v in query.feedback]
+    if query.since_ms is not None:
+        clauses.append(f"attributes.timestamp_ms >= {int(query.since_ms)}")
+    if query.until_ms is not None:
+        clauses.append(f"attributes.timestamp_ms < {int(query.until_ms)}")
+    return " AND ".join(clauses)
+
+
+def search_traces(
+    query: TraceQuery, *, order: str = "-time", page_token: str | None = None, page_size: int = 50
+) -> TracePage:
+    """One page of this app's traces matching `query`, newest first by default.
+
+    Raises: UnsafeFilterValue, TrackingUnavailable.
+    """
+    exp_id = _destination.experiment_id
+    if exp_id is None:
+        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    try:
+        page = mlflow.MlflowClient().search_traces(
+            experiment_ids=[exp_id],
+            filter_string=trace_filter_string(query) or None,
+            max_results=page_size,
+            order_by=[ORDERINGS[order]],
+            page_token=page_token,
+            include_spans=False,
+        )
+    except UnsafeFilterValue:
+        raise
+    except Exception as exc:
+        raise TrackingUnavailable(_short(exc)) from exc
+    token = page.token.decode() if isinstance(page.token, bytes) else page.token
+    return TracePage([_summary(t.info) for t in page], token or None)
+
+
+def _summary(info) -> TraceSummary:
+    feedback, expectations = {}, {}
+    for assessment in info.assessments or []:
+        if assessment.valid is False:
+            continue
+        if assessment.feedback is not None:
+            feedback.setdefault(assessment.name, []).append(assessment.feedback.value)
+        elif assessment.expectation is not None:
+            expectations[assessment.name] = assessment.expectation.value
+    metadata = dict(info.trace_metadata or {})
+    return TraceSummary(
+        trace_id=info.trace_id,
+        time=datetime.fromtimestamp(info.request_time / 1000, tz=UTC),
+        duration_ms=info.execution_duration,
+        state=str(getattr(info.state, "value", info.state)),
+        user=metadata.get("mlflow.trace.user"),
+        session=metadata.get("mlflow.trace.session"),
+        client_request_id=info.client_request_id,
+        request_preview=info.request_preview,
+        response_preview=info.response_preview,
+        feedback=feedback,
+        expectations=expectations,
+        tags={k: v for k, v in (info.tags or {}).items() if not k.startswith("mlflow.")},
+        metadata={k: v for k, v in metadata.items() if not k.startswith("mlflow.")},
+        url=trace_ui_url(info.trace_id),
+    )
+
+
+# --- Evaluation datasets ------------------------------------------------------------------------
+
+
+def merge_into_eval_dataset(
+    *, name: str, trace_ids: list[str], batch: int = 50, progress=None
+) -> int:
+    """Merge these traces (inputs, outputs, expectations) into the named evaluation dataset.
+
+    MLflow keys records by their inputs, so merging the same traces again adds nothing.
+    Returns the dataset's record count. Raises: TrackingUnavailable.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.genai import datasets
+
+    exp_id = _destination.experiment_id
+    if exp_id is None:
+        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    client = mlflow.MlflowClient()
+    try:
+        try:
+            dataset = datasets.get_dataset(name=name)
+        except MlflowException:
+            dataset = datasets.create_dataset(name=name, experiment_id=exp_id)
+        for start in range(0, len(trace_ids), batch):
+            chunk = trace_ids[start : start + batch]
+            dataset.merge_records([client.get_trace(t, display=False) for t in chunk])
+            if progress:
+                progress(min(start + batch, len(trace_ids)), len(trace_ids))
+        return len(datasets.get_dataset(name=name).to_df())
+    except Exception as exc:
+        raise TrackingUnavailable(_short(exc)) from exc

@@ -178,3 +178,6 @@ FEEDBACK_POLL_INTERVAL_S = env.float("FEEDBACK_POLL_INTERVAL_S", default=0.5)
 FEEDBACK_DELIVERY_THREADS = env.int("FEEDBACK_DELIVERY_THREADS", default=4)
 # While feedback waits out an outage, the worker checks this often whether MLflow is back.
 FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
+
+# --- Evaluation dataset the admin action exports corrected turns into -----------------------------
+EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")

@@ -4,8 +4,10 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.apis import ChatApi
 from feedback.apis import SeedFeedbackApi
+from feedback.views import feedback_report_page
 
 urlpatterns = [
+    path("admin/reports/feedback/", feedback_report_page, name="feedback-report-page"),
     path("admin/", admin.site.urls),
     path("api/", include("chat.urls")),
     path("api/", include("feedback.urls")),

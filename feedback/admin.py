@@ -2,6 +2,7 @@
 
 from collections import Counter
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.template.response import TemplateResponse
@@ -188,3 +189,27 @@ class FeedbackAdmin(admin.ModelAdmin):
             if url
             else "-"
         )
+
+
+@admin.action(description="Export corrected turns to the evaluation dataset", permissions=["label"])
+def export_to_eval_dataset(modeladmin, request, queryset):
+    name = settings.EVAL_DATASET_NAME
+    try:
+        result = services.eval_dataset_export(
+            name=name, turn_ids=queryset.values_list("pk", flat=True)
+        )
+    except tracing.TrackingUnavailable as exc:
+        modeladmin.message_user(
+            request, f"MLflow did not answer; nothing exported ({exc}).", messages.ERROR
+        )
+        return
+    text = (
+        f"Evaluation dataset {name!r}: {result.traces} corrected trace(s) merged, "
+        f"{result.records} record(s) in the dataset."
+    )
+    if result.waiting:
+        text += f" {result.waiting} correction(s) not in MLflow yet were skipped."
+    skipped = queryset.count() - result.traces - result.waiting
+    if skipped > 0:
+        text += f" {skipped} selected turn(s) have no corrected answer."
+    modeladmin.message_user(request, text, messages.SUCCESS)

@@ -2,6 +2,7 @@
 
 from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, extend_schema
 from rest_framework import serializers, status
+from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -136,3 +137,39 @@ class MessageFeedbackApi(APIView):
         feedback = selectors.feedback_get(user=request.user, turn=self._turn(request, message_id))
         services.feedback_withdraw(feedback=feedback)
         return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class FeedbackReportApi(APIView):
+    """Staff: turns, feedback rate, positive rate, mean rating and corrections per group."""
+
+    permission_classes = [IsAdminUser]
+
+    class QuerySerializer(StrictSerializer):
+        group_by = serializers.ChoiceField(choices=sorted(selectors.REPORT_GROUPS))
+        since = serializers.DateTimeField(required=False)
+        until = serializers.DateTimeField(required=False)
+
+    class RowSerializer(serializers.Serializer):
+        group = serializers.CharField()
+        turns = serializers.IntegerField()
+        rated_turns = serializers.IntegerField()
+        feedback = serializers.IntegerField()
+        feedback_rate = serializers.FloatField()
+        judged = serializers.IntegerField()
+        positive = serializers.IntegerField()
+        positive_rate = serializers.FloatField(allow_null=True)
+        mean_rating = serializers.FloatField(allow_null=True)
+        corrections = serializers.IntegerField()
+        not_in_mlflow = serializers.IntegerField()
+
+    @extend_schema(parameters=[QuerySerializer], responses=RowSerializer(many=True))
+    def get(self, request: Request) -> Response:
+        query = self.QuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        rows = selectors.feedback_report(**query.validated_data)
+        return Response(
+            {
+                "group_by": query.validated_data["group_by"],
+                "results": self.RowSerializer(rows, many=True).data,
+            }
+        )

@@ -3,7 +3,8 @@
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Q, QuerySet
+from django.db.models import Avg, Count, F, Q, QuerySet
+from django.db.models.functions import TruncDate
 from django.shortcuts import get_object_or_404
 
 from chat.models import Message, Turn
@@ -51,3 +52,75 @@ def feedback_due_ids(*, now: datetime, limit: int) -> list[int]:
 
 def feedback_pending() -> QuerySet[Feedback]:
     return Feedback.objects.filter(delivery_state=Feedback.Delivery.PENDING)
+
+
+REPORT_GROUPS = {
+    "app_version": F("app_version"),
+    "environment": F("environment"),
+    "user": F("user__username"),
+    "day": TruncDate("created_at"),
+}
+
+
+def feedback_report(
+    *, group_by: str, since: datetime | None = None, until: datetime | None = None
+) -> list[dict]:
+    """Turn and feedback counts per group, from the ORM (fast, and the source of truth).
+
+    `not_in_mlflow` counts feedback MLflow does not show yet (pending or failed delivery):
+    where this report and MLflow disagree.
+    """
+    turns = Turn.objects.filter(status=Turn.Status.COMPLETED)
+    if since:
+        turns = turns.filter(created_at__gte=since)
+    if until:
+        turns = turns.filter(created_at__lt=until)
+    live = Q(feedback__withdrawn=False)
+    judged = live & (Q(feedback__is_correct__isnull=False) | Q(feedback__rating__isnull=False))
+    positive = live & (Q(feedback__is_correct=True) | Q(feedback__rating__gte=4))
+    rows = (
+        turns.annotate(group=REPORT_GROUPS[group_by])
+        .values("group")
+        .annotate(
+            turns=Count("id", distinct=True),
+            rated_turns=Count("id", filter=live, distinct=True),
+            feedback=Count("feedback", filter=live),
+            judged=Count("feedback", filter=judged),
+            positive=Count("feedback", filter=positive),
+            mean_rating=Avg("feedback__rating", filter=live),
+            corrections=Count("feedback", filter=live & ~Q(feedback__expected_response="")),
+            not_in_mlflow=Count(
+                "feedback",
+                filter=Q(feedback__isnull=False)
+                & ~Q(feedback__delivery_state=Feedback.Delivery.DELIVERED),
+            ),
+        )
+        .order_by("group")
+    )
+    report = []
+    for row in rows:
+        row["feedback_rate"] = round(row["rated_turns"] / row["turns"], 4) if row["turns"] else 0
+        row["positive_rate"] = round(row["positive"] / row["judged"], 4) if row["judged"] else None
+        if row["mean_rating"] is not None:
+            row["mean_rating"] = round(row["mean_rating"], 2)
+        row["group"] = str(row["group"]) if row["group"] not in (None, "") else "(none)"
+        report.append(row)
+    return report
+
+
+def corrected_trace_ids(*, since: datetime | None = None, turn_ids=None) -> tuple[list[str], int]:
+    """Trace ids of turns with a corrected answer already in MLflow, and how many still are not."""
+    corrected = Feedback.objects.filter(withdrawn=False).exclude(expected_response="")
+    if since:
+        corrected = corrected.filter(turn__created_at__gte=since)
+    if turn_ids is not None:
+        corrected = corrected.filter(turn_id__in=list(turn_ids))
+    delivered = (
+        corrected.filter(delivery_state=Feedback.Delivery.DELIVERED)
+        .exclude(turn__trace_id="")
+        .order_by("turn_id")
+        .values_list("turn__trace_id", flat=True)
+        .distinct()
+    )
+    waiting = corrected.exclude(delivery_state=Feedback.Delivery.DELIVERED).count()
+    return list(delivered), waiting

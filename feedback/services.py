@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
@@ -270,3 +271,24 @@ def feedback_deliver_many(
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feedback-delivery") as pool:
         list(pool.map(deliver_in_thread, feedback_ids))
     return counts
+
+
+@dataclass(frozen=True)
+class EvalExport:
+    traces: int
+    waiting: int
+    records: int
+
+
+def eval_dataset_export(
+    *, name: str, since: datetime | None = None, turn_ids=None, progress=None
+) -> EvalExport:
+    """Turn production traces with corrected answers into an MLflow evaluation dataset.
+
+    Only corrections already delivered to MLflow are exported (the expectation must be on the
+    trace); the others are counted as waiting. Running it again adds no duplicates.
+    Raises: tracing.TrackingUnavailable.
+    """
+    trace_ids, waiting = selectors.corrected_trace_ids(since=since, turn_ids=turn_ids)
+    records = tracing.merge_into_eval_dataset(name=name, trace_ids=trace_ids, progress=progress)
+    return EvalExport(traces=len(trace_ids), waiting=waiting, records=records)
