@@ -84,7 +84,7 @@ def feedback_report(
         .annotate(
             turns=Count("id", distinct=True),
             rated_turns=Count("id", filter=live, distinct=True),
-            feedback=Count("feedback", filter=live),
+            feedback_count=Count("feedback", filter=live),
             judged=Count("feedback", filter=judged),
             positive=Count("feedback", filter=positive),
             mean_rating=Avg("feedback__rating", filter=live),
@@ -99,6 +99,7 @@ def feedback_report(
     )
     report = []
     for row in rows:
+        row["feedback"] = row.pop("feedback_count")  # "feedback" is the relation in the query
         row["feedback_rate"] = round(row["rated_turns"] / row["turns"], 4) if row["turns"] else 0
         row["positive_rate"] = round(row["positive"] / row["judged"], 4) if row["judged"] else None
         if row["mean_rating"] is not None:

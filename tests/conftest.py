@@ -53,7 +53,7 @@ def other_user(db):
     return UserFactory()
 
 
-def _token_client(user) -> APIClient:
+def token_client(user) -> APIClient:
     client = APIClient()
     token, _ = Token.objects.get_or_create(user=user)
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
@@ -63,12 +63,12 @@ def _token_client(user) -> APIClient:
 @pytest.fixture
 def api(user) -> APIClient:
     """An API client signed in as `user` with a real DRF token."""
-    return _token_client(user)
+    return token_client(user)
 
 
 @pytest.fixture
 def other_api(other_user) -> APIClient:
-    return _token_client(other_user)
+    return token_client(other_user)
 
 
 @pytest.fixture
@@ -123,3 +123,44 @@ def turn_of(api):
         return response.json()
 
     return send
+
+
+@pytest.fixture
+def staff_api(db):
+    return token_client(UserFactory(is_staff=True))
+
+
+@pytest.fixture
+def world(settings, deliver_until_settled, find_traces):
+    """Two users, three sessions, two versions, two environments, tags and feedback."""
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    a, b = token_client(alice), token_client(bob)
+
+    def turn(client, message, *, version, env, team, session=None, request_id=None):
+        settings.APP_VERSION, settings.APP_ENVIRONMENT = version, env
+        settings.TRACE_TAGS = {"team": team}
+        body = {"message": message, **({"session_id": session} if session else {})}
+        headers = {"X-Request-ID": request_id} if request_id else {}
+        response = client.post("/api/chat/", body, format="json", headers=headers)
+        assert response.status_code == 200
+        return response.json()
+
+    t1 = turn(a, "alice one", version="1.4", env="production", team="support", request_id="req-a1")
+    t2 = turn(
+        a, "alice two", version="1.4", env="production", team="support", session=t1["session_id"]
+    )
+    t3 = turn(a, "alice new", version="1.5", env="staging", team="sales")
+    t4 = turn(b, "bob one", version="1.4", env="production", team="support", request_id="req-b1")
+    t5 = turn(b, "bob two", version="1.5", env="production", team="sales", session=t4["session_id"])
+
+    def rate(client, t, **payload):
+        url = f"/api/messages/{t['message_id']}/feedback/"
+        assert client.put(url, payload, format="json").status_code == 201
+
+    rate(a, t1, is_correct=False, expected_response="The right answer")
+    rate(a, t3, is_correct=True)
+    rate(b, t4, is_correct=False)
+    rate(b, t5, rating=4)
+    deliver_until_settled()
+    find_traces()  # flush
+    return {"alice": alice, "bob": bob, "turns": [t1, t2, t3, t4, t5]}

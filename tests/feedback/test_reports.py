@@ -1,0 +1,119 @@
+import json
+
+import pytest
+from django.core.management import call_command
+
+from feedback.models import Feedback
+
+pytestmark = pytest.mark.django_db
+
+
+def rows_by_group(response) -> dict:
+    assert response.status_code == 200, response.content
+    return {row["group"]: row for row in response.json()["results"]}
+
+
+def test_the_report_by_app_version_matches_hand_computed_numbers(staff_api, world):
+    # world: v1.4 = t1 (alice, false + correction), t2 (no feedback), t4 (bob, false)
+    #        v1.5 = t3 (alice, true), t5 (bob, rating 4)
+    rows = rows_by_group(staff_api.get("/api/reports/feedback/?group_by=app_version"))
+    assert rows["1.4"] == {
+        "group": "1.4",
+        "turns": 3,
+        "rated_turns": 2,
+        "feedback": 2,
+        "feedback_rate": round(2 / 3, 4),
+        "judged": 2,
+        "positive": 0,
+        "positive_rate": 0.0,
+        "mean_rating": None,
+        "corrections": 1,
+        "not_in_mlflow": 0,
+    }
+    assert rows["1.5"]["turns"] == 2
+    assert rows["1.5"]["positive_rate"] == 1.0
+    assert rows["1.5"]["mean_rating"] == 4.0
+
+
+def test_the_report_by_user_environment_and_day(staff_api, world):
+    by_user = rows_by_group(staff_api.get("/api/reports/feedback/?group_by=user"))
+    assert (by_user["alice"]["turns"], by_user["alice"]["positive"]) == (3, 1)
+    assert (by_user["bob"]["turns"], by_user["bob"]["mean_rating"]) == (2, 4.0)
+    by_env = rows_by_group(staff_api.get("/api/reports/feedback/?group_by=environment"))
+    assert (by_env["production"]["turns"], by_env["staging"]["turns"]) == (4, 1)
+    by_day = staff_api.get("/api/reports/feedback/?group_by=day").json()["results"]
+    assert len(by_day) == 1 and by_day[0]["turns"] == 5 and by_day[0]["feedback"] == 4
+
+
+def test_the_report_shows_feedback_mlflow_does_not_have_yet(staff_api, world):
+    Feedback.objects.filter(turn__app_version="1.5").update(delivery_state="failed")
+    rows = rows_by_group(staff_api.get("/api/reports/feedback/?group_by=app_version"))
+    assert (rows["1.4"]["not_in_mlflow"], rows["1.5"]["not_in_mlflow"]) == (0, 2)
+
+
+def test_the_report_is_staff_only_and_validates_group_by(api, staff_api, world):
+    assert api.get("/api/reports/feedback/?group_by=user").status_code == 403
+    assert staff_api.get("/api/reports/feedback/?group_by=bogus").status_code == 400
+
+
+def test_the_admin_report_page_shows_the_table_for_staff(admin_client, world, client):
+    page = admin_client.get("/admin/reports/feedback/?group_by=app_version")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Feedback quality report" in html and ">1.4</th>" in html and "67% (2)" in html
+    assert client.get("/admin/reports/feedback/").status_code == 302  # to the login page
+    assert b"Quality report" in admin_client.get("/admin/feedback/feedback/").content
+
+
+def test_the_traces_command_searches_with_the_same_filters(world, capsys):
+    call_command("traces", "search", "--user", "alice", "--tag", "team=support", "--format", "json")
+    found = json.loads(capsys.readouterr().out)
+    expected = {world["turns"][0]["trace_id"], world["turns"][1]["trace_id"]}
+    assert {t["trace_id"] for t in found} == expected
+
+    call_command("traces", "search", "--feedback", "response_is_correct:false", "--format", "csv")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("trace_id,time,duration_ms") and len(lines) == 3
+
+    call_command("traces", "search", "--request-id", "req-b1")
+    captured = capsys.readouterr()
+    assert world["turns"][3]["trace_id"] in captured.out and "1 trace(s)" in captured.err
+
+
+def test_the_traces_command_refuses_hostile_values(world):
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="invalid filter"):
+        call_command("traces", "search", "--tag", "team=x' OR '1'='1")
+
+
+def test_exporting_the_eval_dataset_twice_adds_no_duplicates(world, capsys):
+    import mlflow.genai.datasets
+
+    call_command("export_eval_dataset", "--name", "corrections")
+    call_command("export_eval_dataset", "--name", "corrections")
+    out = capsys.readouterr().out
+    assert out.count("1 corrected traces merged, 1 records in the dataset") == 2
+    records = mlflow.genai.datasets.get_dataset(name="corrections").to_df()
+    assert len(records) == 1
+    record = records.iloc[0]
+    assert record["inputs"]["messages"] == [{"role": "user", "content": "alice one"}]
+    assert record["expectations"] == {"expected_response": "The right answer"}
+
+
+def test_the_admin_action_exports_selected_corrected_turns(admin_client, world, settings):
+    import mlflow.genai.datasets
+
+    from chat.models import Turn
+
+    settings.EVAL_DATASET_NAME = "from-admin"
+    response = admin_client.post(
+        "/admin/chat/turn/",
+        {
+            "action": "export_to_eval_dataset",
+            "_selected_action": list(Turn.objects.values_list("pk", flat=True)),
+        },
+        follow=True,
+    )
+    assert "1 corrected trace(s) merged" in response.content.decode()
+    assert len(mlflow.genai.datasets.get_dataset(name="from-admin").to_df()) == 1
