@@ -550,7 +550,7 @@ def search_traces(
         raise TrackingUnavailable("tracing is not configured or the tracking store is down")
     try:
         page = mlflow.MlflowClient().search_traces(
-            experiment_ids=[exp_id],
+            locations=[exp_id],
             filter_string=trace_filter_string(query) or None,
             max_results=page_size,
             order_by=[ORDERINGS[order]],
