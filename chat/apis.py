@@ -1,12 +1,15 @@
 """Chat and session endpoints: validate, fetch and authorise, call a service, serialise."""
 
+import json
 import re
 
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, extend_schema
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -61,12 +64,40 @@ def session_id_from(request: Request, body_session_id):
     return header_id
 
 
+class EventStreamRenderer(BaseRenderer):
+    """Lets `Accept: text/event-stream` through negotiation; errors become one `error` event."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return sse_event("error", data).encode()
+
+
+def sse_event(kind: str, data) -> str:
+    return f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
+
+
+def event_stream_response(events, *, request_id: str) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(
+        (sse_event(event.kind, event.data) for event in events),
+        content_type="text/event-stream",
+    )
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream back
+    response["X-Request-ID"] = request_id
+    return response
+
+
 class ChatApi(APIView):
     """POST a message; the answer is one turn of the conversation and one MLflow trace."""
+
+    renderer_classes = [JSONRenderer, EventStreamRenderer]
 
     class InputSerializer(StrictSerializer):
         message = serializers.CharField()
         session_id = serializers.UUIDField(required=False, allow_null=True)
+        stream = serializers.BooleanField(required=False, default=False)
 
         def validate_message(self, value: str) -> str:
             limit = settings.CHAT_MAX_MESSAGE_CHARS
@@ -95,13 +126,28 @@ class ChatApi(APIView):
         client_request_id = request_id_from(request)
         session_id = session_id_from(request, serializer.validated_data.get("session_id"))
 
-        result = services.message_reply_create(
+        message = serializer.validated_data["message"]
+        wants_stream = serializer.validated_data["stream"] or "text/event-stream" in (
+            request.headers.get("Accept", "")
+        )
+        prepared = services.message_reply_begin(
             user=request.user,
-            message=serializer.validated_data["message"],
+            message=message,
             session_id=session_id,
             client_request_id=client_request_id,
             endpoint=endpoint,
         )
+        if wants_stream:
+            if isinstance(prepared, services.TurnResult):
+                events = services.replayed_stream(prepared)
+            else:
+                events = services.turn_stream(prepared, message=message, endpoint=endpoint)
+            turn = prepared.turn if isinstance(prepared, services.TurnResult) else prepared
+            return event_stream_response(events, request_id=turn.client_request_id)
+        if isinstance(prepared, services.TurnResult):
+            result = prepared
+        else:
+            result = services.message_reply_run(prepared, message=message, endpoint=endpoint)
 
         turn = result.turn
         trace_id = turn.trace_id or None

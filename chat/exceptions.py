@@ -39,3 +39,10 @@ class TracesUnavailable(ChatError):
 
     status_code = 503
     code = "traces_unavailable"
+
+
+class ClientDisconnected(ChatError):
+    """The client went away before a streamed answer was complete."""
+
+    status_code = 499
+    code = "client_disconnected"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -36,10 +38,32 @@ class LLMReply:
         return self.prompt_tokens + self.completion_tokens
 
 
+class ReplyStream:
+    """Text pieces as the model produces them; `reply` holds the whole answer once exhausted."""
+
+    def __init__(self, pieces: Iterator[str], finish: Callable[[str], LLMReply]):
+        self._pieces = pieces
+        self._finish = finish
+        self._seen: list[str] = []
+        self.reply: LLMReply | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            self._seen.append(piece)
+            yield piece
+        self.reply = self._finish("".join(self._seen))
+
+    @property
+    def text_so_far(self) -> str:
+        return "".join(self._seen)
+
+
 class ChatModel(Protocol):
     model: str
 
     def complete(self, messages: Sequence[ChatMessage]) -> LLMReply: ...
+
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream: ...
 
 
 def _count_tokens(text: str) -> int:
@@ -52,10 +76,29 @@ class LocalResponder:
 
     model = LOCAL_MODEL_NAME
 
+    def __init__(self, token_delay_s: float = 0.0):
+        # Simulated generation speed, so streaming looks and measures like a real model.
+        self.token_delay_s = token_delay_s
+
     def complete(self, messages: Sequence[ChatMessage]) -> LLMReply:
+        stream = self.stream(messages)
+        for _ in stream:
+            pass
+        return stream.reply
+
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
         content = self.reply_text(messages)
         prompt_tokens = sum(_count_tokens(m.content) + 4 for m in messages)
-        return LLMReply(content, self.model, prompt_tokens, _count_tokens(content))
+
+        def pieces() -> Iterator[str]:
+            for piece in re.findall(r"\S+\s*", content):
+                if self.token_delay_s:
+                    time.sleep(self.token_delay_s)
+                yield piece
+
+        return ReplyStream(
+            pieces(), lambda text: LLMReply(text, self.model, prompt_tokens, _count_tokens(text))
+        )
 
     @staticmethod
     def reply_text(messages: Sequence[ChatMessage]) -> str:
@@ -97,21 +140,11 @@ class OpenAICompatibleChat:
 
     def complete(self, messages: Sequence[ChatMessage]) -> LLMReply:
         """Raises: LLMTimeout, LLMUnavailable."""
-        openai = self._openai
-        try:
+        with self._errors():
             completion = self._client.chat.completions.create(
                 model=self.model, messages=[m.as_dict() for m in messages]
             )
-        except openai.APITimeoutError as exc:
-            raise LLMTimeout("The language model did not answer in time.") from exc
-        except openai.APIStatusError as exc:
-            raise LLMUnavailable(
-                f"The language model answered with HTTP {exc.status_code}."
-            ) from exc
-        except openai.APIError as exc:
-            raise LLMUnavailable("The language model could not be reached.") from exc
-        if not completion.choices or completion.choices[0].message.content is None:
-            raise LLMUnavailable("The language model returned no answer.")
+        self._check_choices(completion)
         content = completion.choices[0].message.content
         usage = completion.usage
         return LLMReply(
@@ -121,6 +154,56 @@ class OpenAICompatibleChat:
             completion_tokens=usage.completion_tokens if usage else _count_tokens(content),
         )
 
+    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+        """Raises (while iterating too): LLMTimeout, LLMUnavailable."""
+        usage: dict = {}
+        model_name = [self.model]
+
+        def pieces() -> Iterator[str]:
+            with self._errors():
+                chunks = self._client.chat.completions.create(
+                    model=self.model,
+                    messages=[m.as_dict() for m in messages],
+                    stream=True,
+                    stream_options={"include_usage": True},
+                )
+                for chunk in chunks:
+                    model_name[0] = chunk.model or model_name[0]
+                    if chunk.usage:
+                        usage.update(chunk.usage.model_dump())
+                    for choice in chunk.choices or []:
+                        if choice.delta and choice.delta.content:
+                            yield choice.delta.content
+
+        def finish(text: str) -> LLMReply:
+            return LLMReply(
+                content=text,
+                model=model_name[0],
+                prompt_tokens=usage.get("prompt_tokens", 0),
+                completion_tokens=usage.get("completion_tokens", _count_tokens(text)),
+            )
+
+        return ReplyStream(pieces(), finish)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        openai = self._openai
+        try:
+            yield
+        except openai.APITimeoutError as exc:
+            raise LLMTimeout("The language model did not answer in time.") from exc
+        except openai.APIStatusError as exc:
+            raise LLMUnavailable(
+                f"The language model answered with HTTP {exc.status_code}."
+            ) from exc
+        except openai.APIError as exc:
+            raise LLMUnavailable("The language model could not be reached.") from exc
+
+    @staticmethod
+    def _check_choices(completion) -> None:
+        if not completion.choices or completion.choices[0].message.content is None:
+            raise LLMUnavailable("The language model returned no answer.")
+
 
 def _clip(text: str, limit: int) -> str:
     text = " ".join(text.split())
@@ -128,9 +211,11 @@ def _clip(text: str, limit: int) -> str:
 
 
 @functools.cache
-def _model_for(base_url: str, model: str, api_key: str, timeout_s: float) -> ChatModel:
+def _model_for(
+    base_url: str, model: str, api_key: str, timeout_s: float, local_delay_s: float
+) -> ChatModel:
     if not base_url:
-        return LocalResponder()
+        return LocalResponder(token_delay_s=local_delay_s)
     return OpenAICompatibleChat(
         base_url=base_url, model=model or "gpt-4o-mini", api_key=api_key, timeout_s=timeout_s
     )
@@ -139,5 +224,9 @@ def _model_for(base_url: str, model: str, api_key: str, timeout_s: float) -> Cha
 def get_chat_model() -> ChatModel:
     """The configured model (cached per configuration, so tests can switch with settings)."""
     return _model_for(
-        settings.LLM_BASE_URL, settings.LLM_MODEL, settings.LLM_API_KEY, settings.LLM_TIMEOUT_S
+        settings.LLM_BASE_URL,
+        settings.LLM_MODEL,
+        settings.LLM_API_KEY,
+        settings.LLM_TIMEOUT_S,
+        settings.LLM_LOCAL_TOKEN_DELAY_MS / 1000,
     )

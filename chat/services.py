@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 from mlflow.entities import SpanType
 
 from chat import selectors, tracing
-from chat.exceptions import RequestIdConflict
+from chat.exceptions import ChatError, ClientDisconnected, RequestIdConflict
 from chat.llm import ChatMessage, LLMReply, get_chat_model
 from chat.models import ChatSession, Message, Turn
 
@@ -62,12 +63,36 @@ def message_reply_create(
     Raises: Http404 (someone else's or no such session), RequestIdConflict, LLMUnavailable,
     LLMTimeout.
     """
+    prepared = message_reply_begin(
+        user=user,
+        message=message,
+        session_id=session_id,
+        client_request_id=client_request_id,
+        endpoint=endpoint,
+    )
+    if isinstance(prepared, TurnResult):
+        return prepared
+    return message_reply_run(prepared, message=message, endpoint=endpoint)
+
+
+def message_reply_begin(
+    *,
+    user: AbstractBaseUser,
+    message: str,
+    session_id=None,
+    client_request_id: str | None = None,
+    endpoint: str = "chat",
+) -> TurnResult | Turn:
+    """Store the question and claim its turn; a repeated request id returns the stored result.
+
+    Raises: Http404, RequestIdConflict.
+    """
     client_request_id = client_request_id or new_request_id()
     existing = selectors.turn_get_by_request_id(user=user, client_request_id=client_request_id)
     if existing is None:
         session = selectors.session_get(user=user, session_id=session_id) if session_id else None
         try:
-            turn = _turn_start(
+            return _turn_start(
                 user=user,
                 session=session,
                 message=message,
@@ -81,12 +106,7 @@ def message_reply_create(
             )
             if existing is None:
                 raise
-    if existing is not None:
-        replay = _turn_replay_or_claim(existing, message=message, session_id=session_id)
-        if isinstance(replay, TurnResult):
-            return replay
-        turn = replay
-    return _turn_run(turn, message=message, endpoint=endpoint)
+    return _turn_replay_or_claim(existing, message=message, session_id=session_id)
 
 
 def _turn_start(
@@ -144,7 +164,8 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id) -> TurnResult
     return turn
 
 
-def _turn_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
+def message_reply_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
+    """Answer a claimed turn in one piece, inside its trace. Raises: LLMUnavailable, LLMTimeout."""
     started = time.perf_counter()
     with tracing.turn_trace(
         message=message,
@@ -154,18 +175,7 @@ def _turn_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
         endpoint=endpoint,
     ) as root:
         try:
-            with tracing.child_span("load_history", SpanType.MEMORY) as span:
-                span.set_inputs({"session_id": str(turn.session_id)})
-                history = selectors.history_for_llm(
-                    session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
-                )
-                span.set_outputs({"messages": len(history)})
-            prompt = [
-                ChatMessage("system", settings.LLM_SYSTEM_PROMPT),
-                *history,
-                ChatMessage("user", message),
-            ]
-            reply = _llm_complete(prompt)
+            reply = _llm_complete(_prompt_for(turn, message))
         except Exception as exc:
             _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
             raise
@@ -174,32 +184,144 @@ def _turn_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
     return TurnResult(turn=turn, reply=reply_message, replayed=False)
 
 
+@dataclass(frozen=True)
+class StreamEvent:
+    """One server-sent event of a streamed turn: start, token, done or error."""
+
+    kind: str
+    data: dict
+
+
+def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEvent]:
+    """Answer a claimed turn piece by piece; still exactly one trace, ended with the stream.
+
+    A client that goes away midway closes this generator: the turn is marked failed (so the
+    same X-Request-ID can retry it) and its trace records the partial answer, tagged
+    `client_disconnected`.
+    """
+    started = time.perf_counter()
+    try:
+        with tracing.turn_trace(
+            message=message,
+            user_id=turn.user_id,
+            session_id=str(turn.session_id),
+            client_request_id=turn.client_request_id,
+            endpoint=endpoint,
+        ) as root:
+            yield StreamEvent(
+                "start",
+                {
+                    "session_id": str(turn.session_id),
+                    "client_request_id": turn.client_request_id,
+                    "trace_id": root.trace_id,
+                },
+            )
+            stream = None
+            try:
+                prompt = _prompt_for(turn, message)
+                model = get_chat_model()
+                with tracing.child_span("llm", SpanType.CHAT_MODEL) as span:
+                    span.set_inputs(
+                        {"messages": [m.as_dict() for m in prompt], "model": model.model}
+                    )
+                    stream = model.stream(prompt)
+                    for piece in stream:
+                        yield StreamEvent("token", {"text": piece})
+                    _record_llm_reply(span, stream.reply)
+            except GeneratorExit:
+                partial = stream.text_so_far if stream else ""
+                tracing.mark_disconnected(root, partial_response=partial)
+                _turn_fail(
+                    turn,
+                    error=ClientDisconnected(f"after {len(partial)} characters"),
+                    trace_id=root.trace_id,
+                    started=started,
+                )
+                raise
+            except Exception as exc:
+                _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
+                raise
+            reply = stream.reply
+            reply_message = _turn_complete(
+                turn, reply=reply, trace_id=root.trace_id, started=started
+            )
+            tracing.finish_turn(root, response=reply.content)
+    except ChatError as exc:
+        yield StreamEvent("error", {"error": exc.code, "detail": exc.message})
+        return
+    yield StreamEvent("done", _done_payload(turn, reply_message, replayed=False))
+
+
+def replayed_stream(result: TurnResult) -> Iterator[StreamEvent]:
+    """A replayed request id, streamed: the stored answer at once, no model call, no trace."""
+    yield StreamEvent(
+        "start",
+        {
+            "session_id": str(result.turn.session_id),
+            "client_request_id": result.turn.client_request_id,
+            "trace_id": result.turn.trace_id or None,
+        },
+    )
+    yield StreamEvent("token", {"text": result.reply.content})
+    yield StreamEvent("done", _done_payload(result.turn, result.reply, replayed=True))
+
+
+def _done_payload(turn: Turn, reply: Message, *, replayed: bool) -> dict:
+    trace_id = turn.trace_id or None
+    return {
+        "response": reply.content,
+        "session_id": str(turn.session_id),
+        "message_id": reply.id,
+        "client_request_id": turn.client_request_id,
+        "trace_id": trace_id,
+        "trace_url": tracing.trace_ui_url(trace_id),
+        "model": turn.model,
+        "replayed": replayed,
+    }
+
+
+def _prompt_for(turn: Turn, message: str) -> list[ChatMessage]:
+    with tracing.child_span("load_history", SpanType.MEMORY) as span:
+        span.set_inputs({"session_id": str(turn.session_id)})
+        history = selectors.history_for_llm(
+            session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
+        )
+        span.set_outputs({"messages": len(history)})
+    return [
+        ChatMessage("system", settings.LLM_SYSTEM_PROMPT),
+        *history,
+        ChatMessage("user", message),
+    ]
+
+
 def _llm_complete(prompt: list[ChatMessage]) -> LLMReply:
     model = get_chat_model()
     with tracing.child_span("llm", SpanType.CHAT_MODEL) as span:
         span.set_inputs({"messages": [m.as_dict() for m in prompt], "model": model.model})
         reply = model.complete(prompt)
-        span.set_outputs(
-            {
-                "model": reply.model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": reply.content},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": reply.prompt_tokens,
-                    "completion_tokens": reply.completion_tokens,
-                    "total_tokens": reply.total_tokens,
-                },
-            }
-        )
-        span.set_token_usage(
-            input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens
-        )
+        _record_llm_reply(span, reply)
     return reply
+
+
+def _record_llm_reply(span: tracing.Span, reply: LLMReply) -> None:
+    span.set_outputs(
+        {
+            "model": reply.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": reply.content},
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {
+                "prompt_tokens": reply.prompt_tokens,
+                "completion_tokens": reply.completion_tokens,
+                "total_tokens": reply.total_tokens,
+            },
+        }
+    )
+    span.set_token_usage(input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens)
 
 
 def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started: float) -> Message:

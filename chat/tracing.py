@@ -203,6 +203,11 @@ class Span:
     def set_attribute(self, key: str, value: Any) -> None:
         self._call("set_attribute", key, value)
 
+    def set_status(self, status: str, description: str = "") -> None:
+        from mlflow.entities import SpanStatus, SpanStatusCode
+
+        self._call("set_status", SpanStatus(SpanStatusCode(status), description))
+
     def set_token_usage(self, *, input_tokens: int, output_tokens: int) -> None:
         usage = {
             "input_tokens": input_tokens,
@@ -299,6 +304,20 @@ def finish_turn(root: Span, *, response: str) -> None:
         {"choices": [{"index": 0, "message": {"role": "assistant", "content": response}}]}
     )
     _update_current_trace(response_preview=_clip(response))
+
+
+def mark_disconnected(root: Span, *, partial_response: str) -> None:
+    """The client left mid-stream: keep what was generated and say so on the trace."""
+    if root.live is None:
+        return
+    root.set_outputs(
+        {"choices": [{"index": 0, "message": {"role": "assistant", "content": partial_response}}]}
+    )
+    root.set_attribute("client_disconnected", True)
+    root.set_status("ERROR", "client disconnected before the answer was complete")
+    _update_current_trace(
+        tags={"client_disconnected": "true"}, response_preview=_clip(partial_response)
+    )
 
 
 @contextmanager

@@ -144,6 +144,8 @@ LLM_BASE_URL = env.str("LLM_BASE_URL", default="")
 LLM_MODEL = env.str("LLM_MODEL", default="")
 LLM_API_KEY = env.str("LLM_API_KEY", default="")
 LLM_TIMEOUT_S = env.float("LLM_TIMEOUT_S", default=30.0)
+# The local responder's pace per word (0: instant); `make run` sets 15 so streaming is visible.
+LLM_LOCAL_TOKEN_DELAY_MS = env.float("LLM_LOCAL_TOKEN_DELAY_MS", default=0.0)
 LLM_SYSTEM_PROMPT = env.str(
     "LLM_SYSTEM_PROMPT", default="You are a helpful, concise support assistant."
 )

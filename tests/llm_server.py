@@ -33,6 +33,8 @@ class FakeOpenAIServer:
                     time.sleep(server.slow_seconds)
                 last = body["messages"][-1]["content"]
                 content = f"echo[{len(body['messages'])}]: {last}"
+                if body.get("stream"):
+                    return self._stream(body, content)
                 self._send(
                     200,
                     {
@@ -50,6 +52,32 @@ class FakeOpenAIServer:
                         "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
                     },
                 )
+
+            def _stream(self, body: dict, content: str) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                base = {"id": "chatcmpl-test", "object": "chat.completion.chunk", "created": 0}
+                base["model"] = body.get("model", "test-model")
+                words = content.split(" ")
+                for i, word in enumerate(words):
+                    piece = word if i == len(words) - 1 else word + " "
+                    delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                    self._event({**base, "choices": [delta]})
+                self._event(
+                    {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+                )
+                usage = {
+                    "prompt_tokens": 11,
+                    "completion_tokens": len(words),
+                    "total_tokens": 11 + len(words),
+                }
+                self._event({**base, "choices": [], "usage": usage})
+                self.wfile.write(b"data: [DONE]\n\n")
+
+            def _event(self, payload: dict) -> None:
+                self.wfile.write(f"data: {json.dumps(payload)}\n\n".encode())
+                self.wfile.flush()
 
             def _send(self, status: int, payload: dict) -> None:
                 data = json.dumps(payload).encode()
