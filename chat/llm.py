@@ -108,7 +108,7 @@ class LocalResponder:
         question = user_turns[-1]
         words = re.findall(r"\w+", question.lower())
         keywords = sorted({w for w in words if len(w) > 3}, key=words.index)[:5]
-        parts = [f"You asked: “{_clip(question, 200)}”."]
+        parts = [f"You asked: “{_clip(question, 2000)}”."]
         if keywords:
             parts.append("The key points I see are: " + ", ".join(keywords) + ".")
         if len(user_turns) > 1:

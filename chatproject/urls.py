@@ -16,4 +16,5 @@ urlpatterns = [
     # The seed's endpoint, kept for its clients; same handling as /api/chat/.
     path("chat", ChatApi.as_view(), {"endpoint": "seed_chat"}, name="seed-chat"),
     path("chat_feedback", SeedFeedbackApi.as_view(), name="seed-chat-feedback"),
+    path("", include("chat.urls_pages")),
 ]

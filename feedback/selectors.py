@@ -125,3 +125,9 @@ def corrected_trace_ids(*, since: datetime | None = None, turn_ids=None) -> tupl
     )
     waiting = corrected.exclude(delivery_state=Feedback.Delivery.DELIVERED).count()
     return list(delivered), waiting
+
+
+def feedback_by_turn(*, user: AbstractBaseUser, session) -> dict[int, Feedback]:
+    """The user's live feedback on each turn of a session, by turn id (one query)."""
+    rows = Feedback.objects.filter(user=user, turn__session=session, withdrawn=False)
+    return {f.turn_id: f for f in rows}
