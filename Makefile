@@ -25,9 +25,16 @@ var/secret_key:
 run: install var/secret_key
 	@bin/serve
 
-## Set up and run every test (the slow fault/load tests too); CI runs exactly this
+## Set up and run every test (the slow fault/load tests too), then the suite again on a
+## throwaway PostgreSQL when Debian's postgresql is installed; CI runs exactly this
 test: install
 	@$(BIN)/pytest
+	@if ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1; then \
+	  echo "==> the suite again on PostgreSQL (production's database)"; \
+	  bin/with-postgres $(BIN)/pytest -q -m "not e2e and not slow"; \
+	else \
+	  echo "(PostgreSQL not installed: its run is skipped; .ci/run installs it)"; \
+	fi
 
 ## The everyday loop: skips tests marked slow
 test-fast: install
