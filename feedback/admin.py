@@ -34,11 +34,12 @@ def _report(modeladmin, request, verb: str, stored: int, refused: int, counts: C
     modeladmin.message_user(request, text + ".", level)
 
 
-def _label(modeladmin, request, turns: QuerySet[Turn], verb: str, **fields) -> None:
+def _label(modeladmin, request, turns: QuerySet[Turn], verb: str, fields_for) -> None:
+    """Store the staff member's feedback on each turn, then try to deliver it right away."""
     stored, refused = [], 0
     for turn in turns:
         try:
-            feedback, _ = services.feedback_submit(user=request.user, turn=turn, **fields)
+            feedback, _ = services.feedback_submit(user=request.user, turn=turn, **fields_for(turn))
         except TurnNotRateable:
             refused += 1
             continue
@@ -51,12 +52,12 @@ def _label(modeladmin, request, turns: QuerySet[Turn], verb: str, **fields) -> N
 
 @admin.action(description="Mark response correct", permissions=["label"])
 def mark_correct(modeladmin, request, queryset):
-    _label(modeladmin, request, queryset, "Marked correct", is_correct=True, comment="")
+    _label(modeladmin, request, queryset, "Marked correct", lambda turn: {"is_correct": True})
 
 
 @admin.action(description="Mark response incorrect", permissions=["label"])
 def mark_incorrect(modeladmin, request, queryset):
-    _label(modeladmin, request, queryset, "Marked incorrect", is_correct=False, comment="")
+    _label(modeladmin, request, queryset, "Marked incorrect", lambda turn: {"is_correct": False})
 
 
 @admin.action(description="Set expected response…", permissions=["label"])
@@ -81,30 +82,18 @@ def set_expected_response(modeladmin, request, queryset):
 
 
 def _label_expectation(modeladmin, request, turns, expected: str) -> None:
-    stored, refused = [], 0
-    for turn in turns:
-        existing = Feedback.objects.filter(user=request.user, turn=turn).first()
-        keep = (
-            {
-                "is_correct": existing.is_correct,
-                "rating": existing.rating,
-                "comment": existing.comment,
-            }
-            if existing and not existing.withdrawn
+    def keep_vote_and_set_expectation(turn: Turn) -> dict:
+        earlier = Feedback.objects.filter(user=request.user, turn=turn, withdrawn=False).first()
+        vote = (
+            {"is_correct": earlier.is_correct, "rating": earlier.rating, "comment": earlier.comment}
+            if earlier
             else {}
         )
-        try:
-            feedback, _ = services.feedback_submit(
-                user=request.user, turn=turn, expected_response=expected, **keep
-            )
-        except TurnNotRateable:
-            refused += 1
-            continue
-        stored.append(feedback.pk)
-    counts = services.feedback_deliver_many(
-        feedback_ids=stored, deadline_s=ADMIN_DELIVERY_DEADLINE_S
+        return {**vote, "expected_response": expected}
+
+    _label(
+        modeladmin, request, turns, "Set the expected response on", keep_vote_and_set_expectation
     )
-    _report(modeladmin, request, "Set the expected response on", len(stored), refused, counts)
 
 
 class LabelPermissionMixin:
