@@ -48,6 +48,7 @@ def history_for_llm(*, session: ChatSession, before: Turn, max_turns: int) -> li
 def user_id_for(value: str) -> int | None:
     """A user's id from an id or a username; None when there is no such user."""
     users = get_user_model().objects
-    if value.isdigit():
-        return users.filter(pk=int(value)).values_list("pk", flat=True).first()
-    return users.filter(username=value).values_list("pk", flat=True).first()
+    by_name = users.filter(username=value).values_list("pk", flat=True).first()
+    if by_name is not None or not (value.isascii() and value.isdecimal()):
+        return by_name
+    return users.filter(pk=int(value)).values_list("pk", flat=True).first()

@@ -208,16 +208,16 @@ def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEv
             client_request_id=turn.client_request_id,
             endpoint=endpoint,
         ) as root:
-            yield StreamEvent(
-                "start",
-                {
-                    "session_id": str(turn.session_id),
-                    "client_request_id": turn.client_request_id,
-                    "trace_id": root.trace_id,
-                },
-            )
             stream = None
             try:
+                yield StreamEvent(
+                    "start",
+                    {
+                        "session_id": str(turn.session_id),
+                        "client_request_id": turn.client_request_id,
+                        "trace_id": root.trace_id,
+                    },
+                )
                 prompt = _prompt_for(turn, message)
                 model = get_chat_model()
                 with tracing.child_span("llm", SpanType.CHAT_MODEL) as span:
@@ -228,6 +228,9 @@ def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEv
                     for piece in stream:
                         yield StreamEvent("token", {"text": piece})
                     _record_llm_reply(span, stream.reply)
+                reply_message = _turn_complete(
+                    turn, reply=stream.reply, trace_id=root.trace_id, started=started
+                )
             except GeneratorExit:
                 partial = stream.text_so_far if stream else ""
                 tracing.mark_disconnected(root, partial_response=partial)
@@ -241,13 +244,16 @@ def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEv
             except Exception as exc:
                 _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
                 raise
-            reply = stream.reply
-            reply_message = _turn_complete(
-                turn, reply=reply, trace_id=root.trace_id, started=started
-            )
-            tracing.finish_turn(root, response=reply.content)
+            tracing.finish_turn(root, response=stream.reply.content)
     except ChatError as exc:
         yield StreamEvent("error", {"error": exc.code, "detail": exc.message})
+        return
+    except Exception:
+        # The response has already started (200): say so in the stream rather than cut it.
+        logger.exception("streamed turn crashed turn_id=%s", turn.pk)
+        yield StreamEvent(
+            "error", {"error": "internal_error", "detail": "The answer failed; please retry."}
+        )
         return
     yield StreamEvent("done", _done_payload(turn, reply_message, replayed=False))
 
@@ -358,11 +364,13 @@ def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started
 
 
 def _turn_fail(turn: Turn, *, error: Exception, trace_id: str | None, started: float) -> None:
-    turn.status = Turn.Status.FAILED
-    turn.trace_id = trace_id or ""
-    turn.error = f"{type(error).__name__}: {error}"[:2000]
-    turn.latency_ms = _elapsed_ms(started)
-    turn.save(update_fields=["status", "trace_id", "error", "latency_ms"])
+    # update(), not save(): the turn (or its session) may have been deleted meanwhile.
+    Turn.objects.filter(pk=turn.pk).update(
+        status=Turn.Status.FAILED,
+        trace_id=trace_id or "",
+        error=f"{type(error).__name__}: {error}"[:2000],
+        latency_ms=_elapsed_ms(started),
+    )
     logger.warning(
         "chat turn failed turn_id=%s request_id=%s error=%s",
         turn.pk,

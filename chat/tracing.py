@@ -579,6 +579,9 @@ def search_traces(
     except UnsafeFilterValue:
         raise
     except Exception as exc:
+        if getattr(exc, "error_code", None) == "INVALID_PARAMETER_VALUE":
+            # e.g. a cursor that is not one of ours: the client's mistake, not an outage
+            raise UnsafeFilterValue(_short(exc)) from exc
         raise TrackingUnavailable(_short(exc)) from exc
     token = page.token.decode() if isinstance(page.token, bytes) else page.token
     return TracePage([_summary(t.info) for t in page], token or None)

@@ -43,6 +43,9 @@ class Feedback(models.Model):
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     next_attempt_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    # Held by the deliverer working on the row; edits never touch it, so no two deliveries of
+    # one row ever overlap (an edit during a delivery is delivered right after it).
+    leased_until = models.DateTimeField(null=True, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     feedback_assessment_id = models.CharField(max_length=64, blank=True)
     expectation_assessment_id = models.CharField(max_length=64, blank=True)

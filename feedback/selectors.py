@@ -43,8 +43,9 @@ def reply_message_id(*, turn: Turn) -> int | None:
 
 def feedback_due_ids(*, now: datetime, limit: int) -> list[int]:
     due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
+    free = Q(leased_until__isnull=True) | Q(leased_until__lt=now)
     return list(
-        Feedback.objects.filter(due, delivery_state=Feedback.Delivery.PENDING)
+        Feedback.objects.filter(due, free, delivery_state=Feedback.Delivery.PENDING)
         .order_by("next_attempt_at", "id")
         .values_list("id", flat=True)[:limit]
     )

@@ -31,7 +31,7 @@ from feedback.models import Feedback
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 120  # a claimed row is left alone this long by other deliverers
+LEASE_S = 120  # a crashed deliverer's claim expires after this long
 UNSET = object()
 
 
@@ -49,11 +49,8 @@ def feedback_submit(
     `expected_response` left unset keeps the stored one (staff labels use this).
     Raises: TurnNotRateable.
     """
-    if turn.status != Turn.Status.COMPLETED or not turn.trace_id:
-        raise TurnNotRateable(
-            "This turn has no answer with a trace to rate (it failed, is still running, "
-            "or ran while tracing was off)."
-        )
+    if turn.status != Turn.Status.COMPLETED:
+        raise TurnNotRateable("This turn has no answer to rate (it failed or is still running).")
     fields = {"is_correct": is_correct, "rating": rating, "comment": comment}
     if expected_response is not UNSET:
         fields["expected_response"] = expected_response or ""
@@ -101,14 +98,21 @@ def _mark_changed(feedback: Feedback) -> None:
 def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | None:
     """Make MLflow match one due Feedback row; returns its delivery state, None if not claimed."""
     now = now or timezone.now()
-    # Claim the row by pushing its next attempt past a lease: other deliverers skip it.
     claimed = (
         selectors.feedback_pending()
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now), pk=feedback_id)
-        .update(next_attempt_at=now + timedelta(seconds=LEASE_S), attempts=F("attempts") + 1)
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
+        .update(leased_until=now + timedelta(seconds=LEASE_S), attempts=F("attempts") + 1)
     )
     if not claimed:
         return None
+    try:
+        return _deliver_claimed(feedback_id, now=now)
+    finally:
+        Feedback.objects.filter(pk=feedback_id).update(leased_until=None)
+
+
+def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
     first_attempt = Feedback.objects.filter(pk=feedback_id, first_attempt_at__isnull=True).update(
         first_attempt_at=now
     )
@@ -116,7 +120,11 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     version = feedback.version
     trace_id = feedback.turn.trace_id
     if not trace_id:
-        return _delivery_failed(feedback, "the turn has no MLflow trace", permanent=True)
+        return _delivery_failed(
+            feedback,
+            "the turn has no MLflow trace (tracing was off or not ready when it ran)",
+            permanent=True,
+        )
 
     wanted_feedback = None
     wanted_expectation = None
@@ -155,8 +163,9 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     )
     if done:
         return Feedback.Delivery.DELIVERED
-    # Changed while we delivered: keep the ids we made and deliver the newer version next.
-    Feedback.objects.filter(pk=feedback.pk).update(**delivered, next_attempt_at=timezone.now())
+    # Changed while we delivered (so still pending): keep the ids we made; the newer version is
+    # delivered as soon as our lease is released, reconciling against what we just wrote.
+    Feedback.objects.filter(pk=feedback.pk).update(**delivered)
     return Feedback.Delivery.PENDING
 
 

@@ -116,3 +116,9 @@ def test_bad_input_with_accept_event_stream_is_still_a_400(api):
     )
     assert response.status_code == 400
     assert b"event: error" in response.content
+
+
+def test_a_client_gone_right_after_the_start_event_leaves_no_pending_turn(api):
+    events = events_of(stream(api, headers={"X-Request-ID": "gone-early"}), stop_after=1)
+    assert [k for k, _ in events] == ["start"]
+    assert Turn.objects.get().status == Turn.Status.FAILED

@@ -135,3 +135,17 @@ def test_unknown_filters_are_a_400(staff_api, world):
     response = staff_api.get("/api/traces/?usr=alice")
     assert response.status_code == 400
     assert "usr" in response.json()["fields"]
+
+
+def test_a_cursor_that_is_not_ours_is_a_400_not_an_outage(staff_api, world):
+    response = staff_api.get("/api/traces/", {"cursor": "bm90LWEtY3Vyc29y"})
+    assert response.status_code == 400, response.content
+
+
+def test_user_accepts_a_numeric_username_and_ignores_exotic_digits(staff_api, world):
+    from tests.factories import UserFactory
+
+    numeric = UserFactory(username="4242")
+    assert staff_api.get("/api/traces/", {"user": "4242"}).json()["results"] == []
+    assert numeric.id != 4242
+    assert staff_api.get("/api/traces/", {"user": "²"}).status_code == 200

@@ -108,3 +108,41 @@ def test_threaded_delivery_delivers_each_row_exactly_once(api, turn_of, get_trac
     assert counts == {"delivered": 6}
     for turn in turns:
         assert len(assessments(turn["trace_id"])) == 1
+
+
+def test_an_edit_during_a_delivery_waits_for_it_instead_of_racing_it(
+    api, turn_of, get_trace, assessments
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    turn = turn_of()
+    get_trace(turn["trace_id"])
+    feedback = _rate(api, turn, is_correct=True)
+    # A deliverer holds the row (as mid-delivery) when the user changes the vote.
+    Feedback.objects.filter(pk=feedback.pk).update(
+        leased_until=timezone.now() + timedelta(seconds=60)
+    )
+    _rate(api, turn, is_correct=False)
+    assert services.feedback_deliver(feedback_id=feedback.pk) is None  # no second deliverer
+
+    Feedback.objects.filter(pk=feedback.pk).update(leased_until=None)  # the first one is done
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    (valid,) = assessments(turn["trace_id"])
+    assert valid.feedback.value is False
+
+
+def test_feedback_on_an_untraced_turn_is_kept_and_marked_failed_with_the_reason(
+    api, settings, turn_of
+):
+    from chat import tracing
+
+    settings.TRACING_ENABLED = False
+    tracing.configure()
+    turn = turn_of()
+    assert turn["trace_id"] is None
+    feedback = _rate(api, turn, is_correct=True)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "failed"
+    feedback.refresh_from_db()
+    assert "no MLflow trace" in feedback.last_error

@@ -32,6 +32,13 @@
     banner.append(link, " to continue; your conversations are kept.");
   }
 
+  function newRequestId() {
+    // crypto.randomUUID needs a secure context (HTTPS or localhost); getRandomValues does not.
+    if (window.crypto && crypto.randomUUID) return crypto.randomUUID();
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    return "req-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
   function isAuthProblem(status) {
     return status === 401 || status === 403;
   }
@@ -126,7 +133,11 @@
         buffer = buffer.slice(cut + 2);
         const kind = (raw.match(/^event: (.*)$/m) || [])[1];
         const data = JSON.parse((raw.match(/^data: (.*)$/m) || [])[1] || "{}");
-        if (kind === "token") {
+        if (kind === "start") {
+          // The question is stored in this conversation even if the answer fails, so a retry
+          // and the next message must go to the same one.
+          adoptSession(data.session_id);
+        } else if (kind === "token") {
           if (!started) {
             bubble.textContent = "";
             started = true;
@@ -145,8 +156,12 @@
 
   function finish(item, done) {
     addFeedbackControls(item, done.message_id);
-    if (!sessionId) {
-      sessionId = done.session_id;
+    adoptSession(done.session_id);
+  }
+
+  function adoptSession(id) {
+    if (!sessionId && id) {
+      sessionId = id;
       history.replaceState(null, "", "/chat/" + sessionId + "/");
       const entry = document.createElement("li");
       entry.className = "current";
@@ -190,7 +205,7 @@
     addMessage("user", message);
     const item = addMessage("assistant", "");
     input.value = "";
-    send(message, crypto.randomUUID(), item);
+    send(message, newRequestId(), item);
   });
 
   input.addEventListener("keydown", (event) => {

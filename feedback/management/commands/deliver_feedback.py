@@ -1,3 +1,4 @@
+import logging
 import signal
 import threading
 import time
@@ -10,6 +11,8 @@ from django.db import close_old_connections
 from chat import tracing
 from feedback import selectors, services
 from feedback.models import Feedback
+
+logger = logging.getLogger(__name__)
 
 
 class Command(BaseCommand):
@@ -76,12 +79,19 @@ class Command(BaseCommand):
         )
         next_probe = time.monotonic()
         while not stop.is_set():
-            close_old_connections()
-            if time.monotonic() >= next_probe:
-                next_probe = time.monotonic() + settings.FEEDBACK_PROBE_INTERVAL_S
-                if resumed := services.feedback_resume_after_outage():
-                    self.stdout.write(f"tracking store is back: resuming {resumed} feedback")
-            counts = services.feedback_deliver_due(limit=batch, threads=self.threads)
+            try:
+                close_old_connections()
+                if time.monotonic() >= next_probe:
+                    next_probe = time.monotonic() + settings.FEEDBACK_PROBE_INTERVAL_S
+                    if resumed := services.feedback_resume_after_outage():
+                        self.stdout.write(f"tracking store is back: resuming {resumed} feedback")
+                counts = services.feedback_deliver_due(limit=batch, threads=self.threads)
+            except Exception:
+                # E.g. the database restarting: the worker must outlive it, and nothing is lost
+                # (rows stay pending; a claimed row's lease expires).
+                logger.exception("feedback worker pass failed; retrying shortly")
+                stop.wait(5)
+                continue
             if counts:
                 summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
                 self.stdout.write(f"feedback delivery: {summary}")
