@@ -30,12 +30,17 @@ def _link(url: str | None, text: str):
 
 @admin.register(ChatSession)
 class ChatSessionAdmin(admin.ModelAdmin):
-    list_display = ("__str__", "owner", "created_at", "updated_at", "mlflow_link")
-    list_filter = ("created_at", "updated_at", ("owner", admin.RelatedOnlyFieldListFilter))
+    list_display = ("__str__", "owner", "created_at", "updated_at", "deleted_at", "mlflow_link")
+    list_filter = (
+        "created_at",
+        "updated_at",
+        ("deleted_at", admin.EmptyFieldListFilter),
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    )
     search_fields = ("id", "title", "owner__username", "owner__email", "turns__client_request_id")
     list_select_related = ("owner",)
-    readonly_fields = ("id", "owner", "created_at", "updated_at", "mlflow_link")
-    fields = ("id", "title", "owner", "created_at", "updated_at", "mlflow_link")
+    readonly_fields = ("id", "owner", "created_at", "updated_at", "deleted_at", "mlflow_link")
+    fields = ("id", "title", "owner", "created_at", "updated_at", "deleted_at", "mlflow_link")
     inlines = [MessageInline]
     date_hierarchy = "created_at"
 

@@ -14,6 +14,9 @@ class ChatSession(models.Model):
     title = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # Deleted by its owner: hidden from them, kept (with its turns and everyone's feedback on
+    # them) for staff, who can purge it in the admin.
+    deleted_at = models.DateTimeField(null=True, blank=True, db_index=True)
 
     class Meta:
         ordering = ["-updated_at"]

@@ -10,12 +10,14 @@ from chat.models import ChatSession, Message, Turn
 
 
 def session_list(*, user: AbstractBaseUser) -> QuerySet[ChatSession]:
-    return ChatSession.objects.filter(owner=user).order_by("-updated_at", "-created_at")
+    return ChatSession.objects.filter(owner=user, deleted_at__isnull=True).order_by(
+        "-updated_at", "-created_at"
+    )
 
 
 def session_get(*, user: AbstractBaseUser, session_id) -> ChatSession:
     """Raises: Http404 for a session that is not the user's."""
-    return get_object_or_404(ChatSession, owner=user, pk=session_id)
+    return get_object_or_404(ChatSession, owner=user, pk=session_id, deleted_at__isnull=True)
 
 
 def session_messages(*, session: ChatSession) -> QuerySet[Message]:

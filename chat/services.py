@@ -47,7 +47,9 @@ def session_rename(*, session: ChatSession, title: str) -> ChatSession:
 
 
 def session_delete(*, session: ChatSession) -> None:
-    session.delete()
+    """Hide a conversation from its owner; its turns and the feedback on them stay for staff."""
+    session.deleted_at = timezone.now()
+    session.save(update_fields=["deleted_at"])
 
 
 def message_reply_create(

@@ -13,7 +13,9 @@ from feedback.models import Feedback
 
 def turn_by_request_id(*, user: AbstractBaseUser, client_request_id: str) -> Turn:
     """Raises: Http404."""
-    return get_object_or_404(Turn, user=user, client_request_id=client_request_id)
+    return get_object_or_404(
+        Turn, user=user, client_request_id=client_request_id, session__deleted_at__isnull=True
+    )
 
 
 def turn_by_reply_message(*, user: AbstractBaseUser, message_id: int) -> Turn:
@@ -23,6 +25,7 @@ def turn_by_reply_message(*, user: AbstractBaseUser, message_id: int) -> Turn:
         pk=message_id,
         role=Message.Role.ASSISTANT,
         session__owner=user,
+        session__deleted_at__isnull=True,
     )
     return message.turn
 

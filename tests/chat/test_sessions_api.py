@@ -41,13 +41,27 @@ def test_rename_and_delete(api):
     renamed = api.patch(f"/api/sessions/{session_id}/", {"title": "Billing"}, format="json")
     assert renamed.status_code == 200 and renamed.json()["title"] == "Billing"
     assert api.delete(f"/api/sessions/{session_id}/").status_code == 204
-    assert not ChatSession.objects.filter(pk=session_id).exists()
+    assert ChatSession.objects.get(pk=session_id).deleted_at is not None
 
 
-def test_deleting_a_session_deletes_its_turns_and_messages(api):
+def test_deleting_a_session_hides_it_from_its_owner_and_keeps_feedback_for_staff(api, admin_user):
+    from feedback import services as feedback_services
+    from feedback.models import Feedback
+
     body = api.post("/api/chat/", {"message": "hi"}, format="json").json()
-    api.delete(f"/api/sessions/{body['session_id']}/")
-    assert Turn.objects.count() == 0 and Message.objects.count() == 0
+    feedback_services.feedback_submit(user=admin_user, turn=Turn.objects.get(), is_correct=False)
+    assert api.delete(f"/api/sessions/{body['session_id']}/").status_code == 204
+
+    assert api.get(f"/api/sessions/{body['session_id']}/").status_code == 404
+    assert api.get("/api/sessions/").json()["count"] == 0
+    again = api.post(
+        "/api/chat/", {"message": "more", "session_id": body["session_id"]}, format="json"
+    )
+    assert again.status_code == 404
+    rate = api.put(f"/api/messages/{body['message_id']}/feedback/", {"rating": 3}, format="json")
+    assert rate.status_code == 404
+    assert Turn.objects.count() == 1 and Message.objects.count() == 2
+    assert Feedback.objects.get().user == admin_user  # the staff label survives
 
 
 @pytest.mark.parametrize("method", ["get", "patch", "delete"])
