@@ -333,41 +333,42 @@ def _record_llm_reply(span: tracing.Span, reply: LLMReply) -> None:
 
 
 def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started: float) -> Message:
+    """Raises: RequestIdConflict when a newer attempt claimed the turn meanwhile."""
     now = timezone.now()
+    fields = {
+        "status": Turn.Status.COMPLETED,
+        "trace_id": trace_id or "",
+        "model": reply.model,
+        "prompt_tokens": reply.prompt_tokens,
+        "completion_tokens": reply.completion_tokens,
+        "latency_ms": _elapsed_ms(started),
+        "completed_at": now,
+        "error": "",
+    }
     with transaction.atomic():
+        # Only the attempt that holds the turn may finish it (a retry can claim a turn it
+        # believes abandoned); otherwise nothing is written and this attempt reports a conflict.
+        if not _this_attempt(turn).update(**fields):
+            raise RequestIdConflict("This turn was retried meanwhile; the retry answers it.")
         reply_message = Message.objects.create(
             session_id=turn.session_id,
             turn=turn,
             role=Message.Role.ASSISTANT,
             content=reply.content,
         )
-        turn.status = Turn.Status.COMPLETED
-        turn.trace_id = trace_id or ""
-        turn.model = reply.model
-        turn.prompt_tokens = reply.prompt_tokens
-        turn.completion_tokens = reply.completion_tokens
-        turn.latency_ms = _elapsed_ms(started)
-        turn.completed_at = now
-        turn.error = ""
-        turn.save(
-            update_fields=[
-                "status",
-                "trace_id",
-                "model",
-                "prompt_tokens",
-                "completion_tokens",
-                "latency_ms",
-                "completed_at",
-                "error",
-            ]
-        )
         ChatSession.objects.filter(pk=turn.session_id).update(updated_at=now)
+    for name, value in fields.items():
+        setattr(turn, name, value)
     return reply_message
 
 
+def _this_attempt(turn: Turn):
+    return Turn.objects.filter(pk=turn.pk, attempts=turn.attempts, status=Turn.Status.PENDING)
+
+
 def _turn_fail(turn: Turn, *, error: Exception, trace_id: str | None, started: float) -> None:
-    # update(), not save(): the turn (or its session) may have been deleted meanwhile.
-    Turn.objects.filter(pk=turn.pk).update(
+    # update(), not save(): the turn may have been deleted, or claimed by a newer attempt.
+    _this_attempt(turn).update(
         status=Turn.Status.FAILED,
         trace_id=trace_id or "",
         error=f"{type(error).__name__}: {error}"[:2000],
