@@ -52,31 +52,6 @@ def session_delete(*, session: ChatSession) -> None:
     session.save(update_fields=["deleted_at"])
 
 
-def message_reply_create(
-    *,
-    user: AbstractBaseUser,
-    message: str,
-    session_id=None,
-    client_request_id: str | None = None,
-    endpoint: str = "chat",
-) -> TurnResult:
-    """Answer one chat message as one traced turn; a repeated request id returns the stored turn.
-
-    Raises: Http404 (someone else's or no such session), RequestIdConflict, LLMUnavailable,
-    LLMTimeout.
-    """
-    prepared = message_reply_begin(
-        user=user,
-        message=message,
-        session_id=session_id,
-        client_request_id=client_request_id,
-        endpoint=endpoint,
-    )
-    if isinstance(prepared, TurnResult):
-        return prepared
-    return message_reply_run(prepared, message=message, endpoint=endpoint)
-
-
 def message_reply_begin(
     *,
     user: AbstractBaseUser,
@@ -87,7 +62,8 @@ def message_reply_begin(
 ) -> TurnResult | Turn:
     """Store the question and claim its turn; a repeated request id returns the stored result.
 
-    Raises: Http404, RequestIdConflict.
+    The caller answers a claimed turn with `message_reply_run` (one piece) or `turn_stream`.
+    Raises: Http404 (someone else's or no such session), RequestIdConflict.
     """
     client_request_id = client_request_id or new_request_id()
     existing = selectors.turn_get_by_request_id(user=user, client_request_id=client_request_id)
