@@ -145,13 +145,7 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id) -> TurnResult
 def message_reply_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
     """Answer a claimed turn in one piece, inside its trace. Raises: LLMUnavailable, LLMTimeout."""
     started = time.perf_counter()
-    with tracing.turn_trace(
-        message=message,
-        user_id=turn.user_id,
-        session_id=str(turn.session_id),
-        client_request_id=turn.client_request_id,
-        endpoint=endpoint,
-    ) as root:
+    with _trace_for(turn, message=message, endpoint=endpoint) as root:
         try:
             reply = _llm_complete(_prompt_for(turn, message))
         except Exception as exc:
@@ -179,13 +173,7 @@ def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEv
     """
     started = time.perf_counter()
     try:
-        with tracing.turn_trace(
-            message=message,
-            user_id=turn.user_id,
-            session_id=str(turn.session_id),
-            client_request_id=turn.client_request_id,
-            endpoint=endpoint,
-        ) as root:
+        with _trace_for(turn, message=message, endpoint=endpoint) as root:
             stream = None
             try:
                 yield StreamEvent(
@@ -262,6 +250,17 @@ def _done_payload(turn: Turn, reply: Message, *, replayed: bool) -> dict:
         "model": turn.model,
         "replayed": replayed,
     }
+
+
+def _trace_for(turn: Turn, *, message: str, endpoint: str):
+    """The root span of `turn`'s trace: its user, conversation and request id."""
+    return tracing.turn_trace(
+        message=message,
+        user_id=turn.user_id,
+        session_id=str(turn.session_id),
+        client_request_id=turn.client_request_id,
+        endpoint=endpoint,
+    )
 
 
 def _prompt_for(turn: Turn, message: str) -> list[ChatMessage]:
