@@ -1,16 +1,9 @@
+"""Conversations and turns for staff. The feedback app extends the Turn admin with labelling."""
+
 from django.contrib import admin
-from django.utils.html import format_html
 
 from chat import tracing
 from chat.models import ChatSession, Message, Turn
-from feedback.admin import (
-    FeedbackInline,
-    LabelPermissionMixin,
-    export_to_eval_dataset,
-    mark_correct,
-    mark_incorrect,
-    set_expected_response,
-)
 
 
 class MessageInline(admin.TabularInline):
@@ -22,10 +15,6 @@ class MessageInline(admin.TabularInline):
 
     def has_add_permission(self, request, obj=None) -> bool:
         return False
-
-
-def _link(url: str | None, text: str):
-    return format_html('<a href="{}" target="_blank">{}</a>', url, text) if url else "-"
 
 
 @admin.register(ChatSession)
@@ -46,11 +35,11 @@ class ChatSessionAdmin(admin.ModelAdmin):
 
     @admin.display(description="MLflow")
     def mlflow_link(self, obj: ChatSession):
-        return _link(tracing.session_ui_url(obj.pk), "session traces")
+        return tracing.ui_link_html(tracing.session_ui_url(obj.pk), "session traces")
 
 
 @admin.register(Turn)
-class TurnAdmin(LabelPermissionMixin, admin.ModelAdmin):
+class TurnAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "user",
@@ -67,8 +56,7 @@ class TurnAdmin(LabelPermissionMixin, admin.ModelAdmin):
     search_fields = ("client_request_id", "trace_id", "user__username", "session__title")
     list_select_related = ("user", "session")
     readonly_fields = [f.name for f in Turn._meta.fields] + ["trace_link"]
-    inlines = [MessageInline, FeedbackInline]
-    actions = [mark_correct, mark_incorrect, set_expected_response, export_to_eval_dataset]
+    inlines = [MessageInline]
     date_hierarchy = "created_at"
 
     def has_add_permission(self, request) -> bool:
@@ -76,4 +64,4 @@ class TurnAdmin(LabelPermissionMixin, admin.ModelAdmin):
 
     @admin.display(description="Trace")
     def trace_link(self, obj: Turn):
-        return _link(tracing.trace_ui_url(obj.trace_id), obj.trace_id or "-")
+        return tracing.trace_link_html(obj.trace_id)

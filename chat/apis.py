@@ -1,7 +1,6 @@
 """Chat and session endpoints: validate, fetch and authorise, call a service, serialise."""
 
 import json
-import re
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -15,11 +14,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors, services, tracing
-from chat.exceptions import TracesUnavailable
-from chat.models import Message
+from chat.models import REQUEST_ID_PATTERN, Message
 from chatproject.api import StrictSerializer
-
-REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,50}\Z")
 
 REQUEST_ID_HEADER = OpenApiParameter(
     "X-Request-ID",
@@ -78,11 +74,15 @@ def sse_event(kind: str, data) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def event_stream_response(events, *, request_id: str) -> StreamingHttpResponse:
-    response = StreamingHttpResponse(
-        (sse_event(event.kind, event.data) for event in events),
-        content_type="text/event-stream",
-    )
+def event_stream_response(events, *, request_id: str, serialize_done) -> StreamingHttpResponse:
+    """Server-sent events; the `done` event's reply goes through `serialize_done`."""
+
+    def encoded():
+        for event in events:
+            data = serialize_done(event.data) if event.kind == "done" else event.data
+            yield sse_event(event.kind, data)
+
+    response = StreamingHttpResponse(encoded(), content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream back
     response["X-Request-ID"] = request_id
@@ -106,13 +106,15 @@ class ChatApi(APIView):
             return value
 
     class OutputSerializer(serializers.Serializer):
-        response = serializers.CharField()
-        session_id = serializers.UUIDField()
-        message_id = serializers.IntegerField()
-        client_request_id = serializers.CharField()
+        """A `services.TurnReply`, on the JSON and the streamed path alike."""
+
+        response = serializers.CharField(source="reply.content")
+        session_id = serializers.UUIDField(source="turn.session_id")
+        message_id = serializers.IntegerField(source="reply.id")
+        client_request_id = serializers.CharField(source="turn.client_request_id")
         trace_id = serializers.CharField(allow_null=True)
         trace_url = serializers.CharField(allow_null=True)
-        model = serializers.CharField()
+        model = serializers.CharField(source="turn.model")
         replayed = serializers.BooleanField()
 
     @extend_schema(
@@ -125,46 +127,27 @@ class ChatApi(APIView):
         serializer.is_valid(raise_exception=True)
         client_request_id = request_id_from(request)
         session_id = session_id_from(request, serializer.validated_data.get("session_id"))
-
-        message = serializer.validated_data["message"]
         wants_stream = serializer.validated_data["stream"] or "text/event-stream" in (
             request.headers.get("Accept", "")
         )
-        prepared = services.message_reply_begin(
+
+        claim = services.turn_begin(
             user=request.user,
-            message=message,
+            message=serializer.validated_data["message"],
             session_id=session_id,
             client_request_id=client_request_id,
             endpoint=endpoint,
         )
+        request_id = claim.turn.client_request_id
         if wants_stream:
-            if isinstance(prepared, services.TurnResult):
-                events = services.replayed_stream(prepared)
-            else:
-                events = services.turn_stream(prepared, message=message, endpoint=endpoint)
-            turn = prepared.turn if isinstance(prepared, services.TurnResult) else prepared
-            return event_stream_response(events, request_id=turn.client_request_id)
-        if isinstance(prepared, services.TurnResult):
-            result = prepared
-        else:
-            result = services.message_reply_run(prepared, message=message, endpoint=endpoint)
-
-        turn = result.turn
-        trace_id = turn.trace_id or None
-        data = self.OutputSerializer(
-            {
-                "response": result.reply.content,
-                "session_id": turn.session_id,
-                "message_id": result.reply.id,
-                "client_request_id": turn.client_request_id,
-                "trace_id": trace_id,
-                "trace_url": tracing.trace_ui_url(trace_id),
-                "model": turn.model,
-                "replayed": result.replayed,
-            }
-        ).data
-        response = Response(data, status=status.HTTP_200_OK)
-        response["X-Request-ID"] = turn.client_request_id
+            return event_stream_response(
+                services.turn_stream(claim),
+                request_id=request_id,
+                serialize_done=lambda reply: self.OutputSerializer(reply).data,
+            )
+        reply = services.turn_answer(claim)
+        response = Response(self.OutputSerializer(reply).data, status=status.HTTP_200_OK)
+        response["X-Request-ID"] = request_id
         return response
 
 
@@ -278,41 +261,30 @@ class TracePageParams(StrictSerializer):
     page_size = serializers.IntegerField(min_value=1, max_value=200, default=50)
 
 
-def _pair(value: str, name: str) -> tuple[str, str]:
-    key, sep, val = value.partition(":")
-    if not sep or not tracing.SAFE_KEY.fullmatch(key) or not tracing.SAFE_VALUE.fullmatch(val):
+def _pair(value: str, name: str, sep: str = ":") -> tuple[str, str]:
+    key, found, val = value.partition(sep)
+    if not found or not tracing.SAFE_KEY.fullmatch(key) or not tracing.SAFE_VALUE.fullmatch(val):
         raise serializers.ValidationError(
-            {name: [f"Use {name}=key:value with letters, digits and . _ - in the key."]}
+            {name: [f"Use {name}=key{sep}value with letters, digits and . _ - in the key."]}
         )
     return key, val
 
 
-def _safe(value: str, name: str) -> str:
-    if not tracing.SAFE_VALUE.fullmatch(value):
-        raise serializers.ValidationError({name: ["Contains characters that cannot be searched."]})
-    return value
-
-
-def _trace_page(request: Request, query: tracing.TraceQuery, params: dict) -> Response:
-    try:
-        page = tracing.search_traces(
-            query,
-            order=params["ordering"],
-            page_token=params.get("cursor"),
-            page_size=params["page_size"],
-        )
-    except tracing.UnsafeFilterValue as exc:
-        raise serializers.ValidationError({"filter": [str(exc)]}) from exc
-    except tracing.TrackingUnavailable as exc:
-        raise TracesUnavailable(
-            "Trace search needs the MLflow tracking server, which did not answer; retry shortly."
-        ) from exc
+def _trace_page(request: Request, page: tracing.TracePage) -> Response:
     next_url = None
     if page.next_page_token:
         query_params = request.query_params.copy()
         query_params["cursor"] = page.next_page_token
         next_url = request.build_absolute_uri(f"{request.path}?{query_params.urlencode()}")
     return Response(TracePageSerializer({"results": page.traces, "next": next_url}).data)
+
+
+def _searched(**filters) -> tracing.TracePage:
+    """Raises: ValidationError for a value that cannot be searched or a cursor not ours."""
+    try:
+        return selectors.trace_search(**filters)
+    except tracing.UnsafeFilterValue as exc:
+        raise serializers.ValidationError({"filter": [str(exc)]}) from exc
 
 
 class TraceSearchApi(APIView):
@@ -325,8 +297,8 @@ class TraceSearchApi(APIView):
         session = serializers.UUIDField(required=False)
         client_request_id = serializers.RegexField(REQUEST_ID_PATTERN, required=False)
         tag = serializers.ListField(child=serializers.CharField(), required=False)
-        environment = serializers.CharField(required=False, max_length=250)
-        app_version = serializers.CharField(required=False, max_length=250)
+        environment = serializers.RegexField(tracing.SAFE_VALUE, required=False)
+        app_version = serializers.RegexField(tracing.SAFE_VALUE, required=False)
         feedback = serializers.ListField(
             child=serializers.CharField(), required=False, help_text="name:value"
         )
@@ -337,37 +309,22 @@ class TraceSearchApi(APIView):
     def get(self, request: Request) -> Response:
         params = self.FilterSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        query = trace_query_from(params.validated_data)
-        if query is None:
-            return Response(TracePageSerializer({"results": [], "next": None}).data)
-        return _trace_page(request, query, params.validated_data)
-
-
-def trace_query_from(data: dict) -> tracing.TraceQuery | None:
-    """A TraceQuery from validated filters; None when the user filter names nobody.
-
-    Raises: ValidationError for a tag/feedback/deployment value that cannot be searched.
-    """
-    user_id = None
-    if "user" in data:
-        user_id = selectors.user_id_for(data["user"])
-        if user_id is None:
-            return None
-    metadata = [(k, _safe(data[k], k)) for k in ("environment", "app_version") if k in data]
-    feedback = [_pair(v, "feedback") for v in data.get("feedback", [])]
-    return tracing.TraceQuery(
-        user_id=user_id,
-        session_id=str(data["session"]) if "session" in data else None,
-        client_request_id=data.get("client_request_id"),
-        tags=tuple(_pair(v, "tag") for v in data.get("tag", [])),
-        metadata=tuple(metadata),
-        # MLflow stores booleans as 'true'/'false'.
-        feedback=tuple(
-            (k, v.lower() if v.lower() in ("true", "false") else v) for k, v in feedback
-        ),
-        since_ms=int(data["since"].timestamp() * 1000) if "since" in data else None,
-        until_ms=int(data["until"].timestamp() * 1000) if "until" in data else None,
-    )
+        data = params.validated_data
+        page = _searched(
+            user=data.get("user"),
+            session_id=data.get("session"),
+            client_request_id=data.get("client_request_id"),
+            tags=[_pair(v, "tag") for v in data.get("tag", [])],
+            environment=data.get("environment"),
+            app_version=data.get("app_version"),
+            feedback=[_pair(v, "feedback") for v in data.get("feedback", [])],
+            since=data.get("since"),
+            until=data.get("until"),
+            order=data["ordering"],
+            cursor=data.get("cursor"),
+            page_size=data["page_size"],
+        )
+        return _trace_page(request, page)
 
 
 class SessionTracesApi(APIView):
@@ -378,5 +335,11 @@ class SessionTracesApi(APIView):
         session = selectors.session_get(user=request.user, session_id=session_id)
         params = TracePageParams(data=request.query_params)
         params.is_valid(raise_exception=True)
-        query = tracing.TraceQuery(user_id=request.user.pk, session_id=str(session.pk))
-        return _trace_page(request, query, params.validated_data)
+        page = _searched(
+            user_id=request.user.pk,
+            session_id=str(session.pk),
+            order=params.validated_data["ordering"],
+            cursor=params.validated_data.get("cursor"),
+            page_size=params.validated_data["page_size"],
+        )
+        return _trace_page(request, page)

@@ -1,13 +1,10 @@
-"""Domain errors; chatproject.api_errors maps each to its HTTP answer in one place."""
+"""The chat app's domain errors; `chatproject.api.exception_handler` maps each to its answer."""
+
+from chatproject.errors import ApplicationError
 
 
-class ChatError(Exception):
-    status_code = 400
+class ChatError(ApplicationError):
     code = "chat_error"
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
 
 
 class LLMUnavailable(ChatError):
@@ -25,13 +22,6 @@ class RequestIdConflict(ChatError):
 
     status_code = 409
     code = "request_id_conflict"
-
-
-class TurnNotRateable(ChatError):
-    """Only a turn that produced an answer (with a trace) can be rated."""
-
-    status_code = 409
-    code = "turn_not_rateable"
 
 
 class TracesUnavailable(ChatError):

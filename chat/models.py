@@ -1,7 +1,11 @@
+import re
 import uuid
 
 from django.conf import settings
 from django.db import models
+
+# What a client may send as X-Request-ID: MLflow keeps it in a VARCHAR(50) column.
+REQUEST_ID_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,50}\Z")
 
 
 class ChatSession(models.Model):
@@ -38,7 +42,7 @@ class Turn(models.Model):
     user = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="chat_turns"
     )
-    # MLflow keeps it in a VARCHAR(50) column; the API validates 1-50 chars of [A-Za-z0-9._:-].
+    # Validated against REQUEST_ID_PATTERN by every API that takes one.
     client_request_id = models.CharField(max_length=50)
     trace_id = models.CharField(max_length=64, blank=True, db_index=True)
     endpoint = models.CharField(max_length=50, blank=True)

@@ -1,10 +1,15 @@
 """Reads. Every selector is scoped to its owner: someone else's objects do not exist (404)."""
 
+from collections.abc import Sequence
+from datetime import datetime
+
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 
+from chat import tracing
+from chat.exceptions import TracesUnavailable
 from chat.llm import ChatMessage
 from chat.models import ChatSession, Message, Turn
 
@@ -24,12 +29,19 @@ def session_messages(*, session: ChatSession) -> QuerySet[Message]:
     return session.messages.select_related("turn").order_by("created_at", "id")
 
 
-def turn_get_by_request_id(*, user: AbstractBaseUser, client_request_id: str) -> Turn | None:
-    return (
-        Turn.objects.filter(user=user, client_request_id=client_request_id)
-        .select_related("session")
-        .first()
-    )
+def turn_get_by_request_id(
+    *, user: AbstractBaseUser, client_request_id: str, visible: bool = False
+) -> Turn | None:
+    """The user's turn with this request id, or None.
+
+    `visible=False` (the chat path) also finds turns of conversations the user deleted: a request
+    id stays taken, so a retry replays instead of answering twice. `visible=True` (rating) finds
+    only what the user can still see.
+    """
+    turns = Turn.objects.filter(user=user, client_request_id=client_request_id)
+    if visible:
+        turns = turns.filter(session__deleted_at__isnull=True)
+    return turns.select_related("session").first()
 
 
 def turn_reply(*, turn: Turn) -> Message | None:
@@ -54,3 +66,52 @@ def user_id_for(value: str) -> int | None:
     if by_name is not None or not (value.isascii() and value.isdecimal()):
         return by_name
     return users.filter(pk=int(value)).values_list("pk", flat=True).first()
+
+
+def trace_search(
+    *,
+    user: str | None = None,
+    user_id: int | None = None,
+    session_id: str | None = None,
+    client_request_id: str | None = None,
+    tags: Sequence[tuple[str, str]] = (),
+    environment: str | None = None,
+    app_version: str | None = None,
+    feedback: Sequence[tuple[str, str]] = (),
+    since: datetime | None = None,
+    until: datetime | None = None,
+    order: str = "-time",
+    cursor: str | None = None,
+    page_size: int = 50,
+) -> tracing.TracePage:
+    """One page of traces matching every filter given; `user` is an id or a username.
+
+    Raises: tracing.UnsafeFilterValue (a value that cannot be searched, or a cursor that is not
+    ours), TracesUnavailable.
+    """
+    if user is not None:
+        user_id = user_id_for(user)
+        if user_id is None:
+            return tracing.TracePage(traces=[], next_page_token=None)
+    metadata = [
+        (k, v) for k, v in (("environment", environment), ("app_version", app_version)) if v
+    ]
+    query = tracing.TraceQuery(
+        user_id=user_id,
+        session_id=str(session_id) if session_id else None,
+        client_request_id=client_request_id,
+        tags=tuple(tags),
+        metadata=tuple(metadata),
+        # MLflow stores booleans as 'true'/'false'.
+        feedback=tuple(
+            (k, v.lower() if v.lower() in ("true", "false") else v) for k, v in feedback
+        ),
+        since_ms=int(since.timestamp() * 1000) if since else None,
+        until_ms=int(until.timestamp() * 1000) if until else None,
+    )
+    try:
+        return tracing.search_traces(query, order=order, page_token=cursor, page_size=page_size)
+    except tracing.TrackingUnavailable as exc:
+        raise TracesUnavailable(
+            "Trace search needs the MLflow tracking server, which did not answer; retry shortly."
+        ) from exc

@@ -8,12 +8,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from mlflow.entities import SpanType
 
 from chat import selectors, tracing
 from chat.exceptions import ChatError, ClientDisconnected, RequestIdConflict
@@ -26,10 +26,30 @@ TITLE_CHARS = 60
 
 
 @dataclass(frozen=True)
-class TurnResult:
+class TurnClaim:
+    """A turn this request may answer; with `replay` set, one already answered under its id."""
+
+    turn: Turn
+    message: str
+    endpoint: str
+    replay: Message | None = None
+
+
+@dataclass(frozen=True)
+class TurnReply:
+    """A turn's answer: what the JSON response and the stream's `done` event both carry."""
+
     turn: Turn
     reply: Message
     replayed: bool
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.turn.trace_id or None
+
+    @property
+    def trace_url(self) -> str | None:
+        return tracing.trace_ui_url(self.trace_id)
 
 
 def new_request_id() -> str:
@@ -52,17 +72,17 @@ def session_delete(*, session: ChatSession) -> None:
     session.save(update_fields=["deleted_at"])
 
 
-def message_reply_begin(
+def turn_begin(
     *,
     user: AbstractBaseUser,
     message: str,
     session_id=None,
     client_request_id: str | None = None,
     endpoint: str = "chat",
-) -> TurnResult | Turn:
-    """Store the question and claim its turn; a repeated request id returns the stored result.
+) -> TurnClaim:
+    """Store the question and claim its turn; a repeated request id is claimed as a replay.
 
-    The caller answers a claimed turn with `message_reply_run` (one piece) or `turn_stream`.
+    Answer the claim with `turn_answer` (one piece) or `turn_stream` (server-sent events).
     Raises: Http404 (someone else's or no such session), RequestIdConflict.
     """
     client_request_id = client_request_id or new_request_id()
@@ -70,13 +90,14 @@ def message_reply_begin(
     if existing is None:
         session = selectors.session_get(user=user, session_id=session_id) if session_id else None
         try:
-            return _turn_start(
+            turn = _turn_start(
                 user=user,
                 session=session,
                 message=message,
                 client_request_id=client_request_id,
                 endpoint=endpoint,
             )
+            return TurnClaim(turn=turn, message=message, endpoint=endpoint)
         except IntegrityError:
             # A concurrent request with the same id won the insert: treat this one as its replay.
             existing = selectors.turn_get_by_request_id(
@@ -84,7 +105,9 @@ def message_reply_begin(
             )
             if existing is None:
                 raise
-    return _turn_replay_or_claim(existing, message=message, session_id=session_id)
+    return _turn_replay_or_claim(
+        existing, message=message, session_id=session_id, endpoint=endpoint
+    )
 
 
 def _turn_start(
@@ -112,7 +135,7 @@ def _turn_start(
     return turn
 
 
-def _turn_replay_or_claim(turn: Turn, *, message: str, session_id) -> TurnResult | Turn:
+def _turn_replay_or_claim(turn: Turn, *, message: str, session_id, endpoint: str) -> TurnClaim:
     """A completed turn is replayed; a failed (or abandoned) one is claimed for another attempt.
 
     Raises: RequestIdConflict when the id belongs to a different message or a running turn.
@@ -126,7 +149,7 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id) -> TurnResult
     if turn.status == Turn.Status.COMPLETED:
         reply = selectors.turn_reply(turn=turn)
         if reply is not None:
-            return TurnResult(turn=turn, reply=reply, replayed=True)
+            return TurnClaim(turn=turn, message=message, endpoint=endpoint, replay=reply)
     stale_before = timezone.now() - timedelta(seconds=settings.LLM_TIMEOUT_S * 2 + 30)
     claimable = Turn.objects.filter(pk=turn.pk, status=Turn.Status.FAILED) | Turn.objects.filter(
         pk=turn.pk, status=Turn.Status.PENDING, started_at__lt=stale_before
@@ -139,61 +162,64 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id) -> TurnResult
             "A turn with this X-Request-ID is still being answered; retry in a few seconds."
         )
     turn.refresh_from_db()
-    return turn
+    return TurnClaim(turn=turn, message=message, endpoint=endpoint)
 
 
-def message_reply_run(turn: Turn, *, message: str, endpoint: str) -> TurnResult:
-    """Answer a claimed turn in one piece, inside its trace. Raises: LLMUnavailable, LLMTimeout."""
+def turn_answer(claim: TurnClaim) -> TurnReply:
+    """Answer a claimed turn in one piece, inside its trace (a replay answers from the database).
+
+    Raises: LLMUnavailable, LLMTimeout, RequestIdConflict.
+    """
+    if claim.replay is not None:
+        return TurnReply(turn=claim.turn, reply=claim.replay, replayed=True)
+    turn, message = claim.turn, claim.message
     started = time.perf_counter()
-    with _trace_for(turn, message=message, endpoint=endpoint) as root:
+    with _trace_for(claim) as root:
         try:
-            reply = _llm_complete(_prompt_for(turn, message))
+            prompt = _prompt_for(turn, message)
+            reply = _llm_complete(prompt)
         except Exception as exc:
             _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
             raise
         reply_message = _turn_complete(turn, reply=reply, trace_id=root.trace_id, started=started)
         tracing.finish_turn(root, response=reply.content)
-    return TurnResult(turn=turn, reply=reply_message, replayed=False)
+    return TurnReply(turn=turn, reply=reply_message, replayed=False)
 
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One server-sent event of a streamed turn: start, token, done or error."""
+    """One server-sent event of a streamed turn: start, token, done (a TurnReply) or error."""
 
     kind: str
-    data: dict
+    data: Any
 
 
-def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEvent]:
+def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
     """Answer a claimed turn piece by piece; still exactly one trace, ended with the stream.
 
-    A client that goes away midway closes this generator: the turn is marked failed (so the
-    same X-Request-ID can retry it) and its trace records the partial answer, tagged
-    `client_disconnected`.
+    A replay streams the stored answer at once: no model call, no trace. A client that goes away
+    midway closes this generator: the turn is marked failed (so the same X-Request-ID can retry
+    it) and its trace records the partial answer, tagged `client_disconnected`.
     """
+    turn = claim.turn
+    if claim.replay is not None:
+        yield StreamEvent("start", _start_payload(turn, trace_id=turn.trace_id or None))
+        yield StreamEvent("token", {"text": claim.replay.content})
+        yield StreamEvent("done", TurnReply(turn=turn, reply=claim.replay, replayed=True))
+        return
     started = time.perf_counter()
     try:
-        with _trace_for(turn, message=message, endpoint=endpoint) as root:
+        with _trace_for(claim) as root:
             stream = None
             try:
-                yield StreamEvent(
-                    "start",
-                    {
-                        "session_id": str(turn.session_id),
-                        "client_request_id": turn.client_request_id,
-                        "trace_id": root.trace_id,
-                    },
-                )
-                prompt = _prompt_for(turn, message)
+                yield StreamEvent("start", _start_payload(turn, trace_id=root.trace_id))
+                prompt = _prompt_for(turn, claim.message)
                 model = get_chat_model()
-                with tracing.child_span("llm", SpanType.CHAT_MODEL) as span:
-                    span.set_inputs(
-                        {"messages": [m.as_dict() for m in prompt], "model": model.model}
-                    )
+                with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
                     stream = model.stream(prompt)
                     for piece in stream:
                         yield StreamEvent("token", {"text": piece})
-                    _record_llm_reply(span, stream.reply)
+                    span.record_reply(stream.reply)
                 reply_message = _turn_complete(
                     turn, reply=stream.reply, trace_id=root.trace_id, started=started
                 )
@@ -221,51 +247,30 @@ def turn_stream(turn: Turn, *, message: str, endpoint: str) -> Iterator[StreamEv
             "error", {"error": "internal_error", "detail": "The answer failed; please retry."}
         )
         return
-    yield StreamEvent("done", _done_payload(turn, reply_message, replayed=False))
+    yield StreamEvent("done", TurnReply(turn=turn, reply=reply_message, replayed=False))
 
 
-def replayed_stream(result: TurnResult) -> Iterator[StreamEvent]:
-    """A replayed request id, streamed: the stored answer at once, no model call, no trace."""
-    yield StreamEvent(
-        "start",
-        {
-            "session_id": str(result.turn.session_id),
-            "client_request_id": result.turn.client_request_id,
-            "trace_id": result.turn.trace_id or None,
-        },
-    )
-    yield StreamEvent("token", {"text": result.reply.content})
-    yield StreamEvent("done", _done_payload(result.turn, result.reply, replayed=True))
-
-
-def _done_payload(turn: Turn, reply: Message, *, replayed: bool) -> dict:
-    trace_id = turn.trace_id or None
+def _start_payload(turn: Turn, *, trace_id: str | None) -> dict:
     return {
-        "response": reply.content,
         "session_id": str(turn.session_id),
-        "message_id": reply.id,
         "client_request_id": turn.client_request_id,
         "trace_id": trace_id,
-        "trace_url": tracing.trace_ui_url(trace_id),
-        "model": turn.model,
-        "replayed": replayed,
     }
 
 
-def _trace_for(turn: Turn, *, message: str, endpoint: str):
-    """The root span of `turn`'s trace: its user, conversation and request id."""
+def _trace_for(claim: TurnClaim):
+    """The root span of the claimed turn's trace: its user, conversation and request id."""
     return tracing.turn_trace(
-        message=message,
-        user_id=turn.user_id,
-        session_id=str(turn.session_id),
-        client_request_id=turn.client_request_id,
-        endpoint=endpoint,
+        message=claim.message,
+        user_id=claim.turn.user_id,
+        session_id=str(claim.turn.session_id),
+        client_request_id=claim.turn.client_request_id,
+        endpoint=claim.endpoint,
     )
 
 
 def _prompt_for(turn: Turn, message: str) -> list[ChatMessage]:
-    with tracing.child_span("load_history", SpanType.MEMORY) as span:
-        span.set_inputs({"session_id": str(turn.session_id)})
+    with tracing.history_span(session_id=str(turn.session_id)) as span:
         history = selectors.history_for_llm(
             session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
         )
@@ -277,34 +282,16 @@ def _prompt_for(turn: Turn, message: str) -> list[ChatMessage]:
     ]
 
 
+def _as_dicts(prompt: list[ChatMessage]) -> list[dict]:
+    return [m.as_dict() for m in prompt]
+
+
 def _llm_complete(prompt: list[ChatMessage]) -> LLMReply:
     model = get_chat_model()
-    with tracing.child_span("llm", SpanType.CHAT_MODEL) as span:
-        span.set_inputs({"messages": [m.as_dict() for m in prompt], "model": model.model})
+    with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
         reply = model.complete(prompt)
-        _record_llm_reply(span, reply)
+        span.record_reply(reply)
     return reply
-
-
-def _record_llm_reply(span: tracing.Span, reply: LLMReply) -> None:
-    span.set_outputs(
-        {
-            "model": reply.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": reply.content},
-                    "finish_reason": "stop",
-                }
-            ],
-            "usage": {
-                "prompt_tokens": reply.prompt_tokens,
-                "completion_tokens": reply.completion_tokens,
-                "total_tokens": reply.total_tokens,
-            },
-        }
-    )
-    span.set_token_usage(input_tokens=reply.prompt_tokens, output_tokens=reply.completion_tokens)
 
 
 def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started: float) -> Message:

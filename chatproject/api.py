@@ -6,7 +6,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from chat.exceptions import ChatError
+from chatproject.errors import ApplicationError
 
 
 class StrictSerializer(serializers.Serializer):
@@ -27,7 +27,7 @@ class StrictSerializer(serializers.Serializer):
 
 def exception_handler(exc, context):
     """Every API error is JSON: {"error": code, "detail": message[, "fields": {...}]}."""
-    if isinstance(exc, ChatError):
+    if isinstance(exc, ApplicationError):
         return Response({"error": exc.code, "detail": exc.message}, status=exc.status_code)
     response = drf_exception_handler(exc, context)
     if response is None:

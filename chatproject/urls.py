@@ -1,8 +1,11 @@
 from django.contrib import admin
+from django.contrib.auth import views as auth_views
 from django.urls import include, path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.apis import ChatApi
+from chatproject.pages import chat_page
 from feedback.apis import SeedFeedbackApi
 from feedback.views import feedback_report_page
 
@@ -16,5 +19,10 @@ urlpatterns = [
     # The seed's endpoint, kept for its clients; same handling as /api/chat/.
     path("chat", ChatApi.as_view(), {"endpoint": "seed_chat"}, name="seed-chat"),
     path("chat_feedback", SeedFeedbackApi.as_view(), name="seed-chat-feedback"),
-    path("", include("chat.urls_pages")),
+    # The web page.
+    path("", RedirectView.as_view(pattern_name="chat-home"), name="home"),
+    path("chat/", chat_page, name="chat-home"),
+    path("chat/<uuid:session_id>/", chat_page, name="chat-session"),
+    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

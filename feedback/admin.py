@@ -1,4 +1,8 @@
-"""Staff labelling: actions on turns, and feedback with its delivery state."""
+"""Staff labelling: actions on turns, and feedback with its delivery state.
+
+The Turn admin is chat's; this app re-registers it with the feedback inline and the label
+actions, so chat never depends on feedback.
+"""
 
 from collections import Counter
 
@@ -10,9 +14,10 @@ from django.urls import reverse
 from django.utils.html import format_html
 
 from chat import tracing
-from chat.exceptions import TurnNotRateable
+from chat.admin import TurnAdmin
 from chat.models import Turn
-from feedback import services
+from feedback import selectors, services
+from feedback.exceptions import TurnNotRateable
 from feedback.forms import ExpectedResponseForm
 from feedback.models import Feedback
 
@@ -83,7 +88,7 @@ def set_expected_response(modeladmin, request, queryset):
 
 def _label_expectation(modeladmin, request, turns, expected: str) -> None:
     def keep_vote_and_set_expectation(turn: Turn) -> dict:
-        earlier = Feedback.objects.filter(user=request.user, turn=turn, withdrawn=False).first()
+        earlier = selectors.feedback_of(user=request.user, turn=turn)
         vote = (
             {"is_correct": earlier.is_correct, "rating": earlier.rating, "comment": earlier.comment}
             if earlier
@@ -94,13 +99,6 @@ def _label_expectation(modeladmin, request, turns, expected: str) -> None:
     _label(
         modeladmin, request, turns, "Set the expected response on", keep_vote_and_set_expectation
     )
-
-
-class LabelPermissionMixin:
-    def has_label_permission(self, request) -> bool:
-        return request.user.has_perm("feedback.add_feedback") and request.user.has_perm(
-            "feedback.change_feedback"
-        )
 
 
 class FeedbackInline(admin.TabularInline):
@@ -172,12 +170,7 @@ class FeedbackAdmin(admin.ModelAdmin):
 
     @admin.display(description="Trace in MLflow")
     def trace_link(self, obj: Feedback):
-        url = tracing.trace_ui_url(obj.turn.trace_id)
-        return (
-            format_html('<a href="{}" target="_blank">{}</a>', url, obj.turn.trace_id)
-            if url
-            else "-"
-        )
+        return tracing.trace_link_html(obj.turn.trace_id)
 
 
 @admin.action(description="Export corrected turns to the evaluation dataset", permissions=["label"])
@@ -202,3 +195,19 @@ def export_to_eval_dataset(modeladmin, request, queryset):
     if skipped > 0:
         text += f" {skipped} selected turn(s) have no corrected answer."
     modeladmin.message_user(request, text, messages.SUCCESS)
+
+
+admin.site.unregister(Turn)
+
+
+@admin.register(Turn)
+class LabelledTurnAdmin(TurnAdmin):
+    """Chat's Turn admin with everyone's feedback inline and the staff label actions."""
+
+    inlines = [*TurnAdmin.inlines, FeedbackInline]
+    actions = [mark_correct, mark_incorrect, set_expected_response, export_to_eval_dataset]
+
+    def has_label_permission(self, request) -> bool:
+        return request.user.has_perm("feedback.add_feedback") and request.user.has_perm(
+            "feedback.change_feedback"
+        )

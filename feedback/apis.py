@@ -7,8 +7,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from chat.apis import REQUEST_ID_PATTERN
-from chat.models import Turn
+from chat import selectors as chat_selectors
+from chat.models import REQUEST_ID_PATTERN, Turn
 from chatproject.api import StrictSerializer
 from feedback import selectors, services
 from feedback.models import Feedback
@@ -43,7 +43,8 @@ class FeedbackOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
     def get_message_id(self, feedback: Feedback) -> int | None:
-        return selectors.reply_message_id(turn=feedback.turn)
+        reply = chat_selectors.turn_reply(turn=feedback.turn)
+        return reply.id if reply else None
 
 
 def _answer(feedback: Feedback, created: bool) -> Response:

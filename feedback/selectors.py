@@ -5,17 +5,22 @@ from datetime import datetime
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Avg, Count, F, Q, QuerySet
 from django.db.models.functions import TruncDate
+from django.http import Http404
 from django.shortcuts import get_object_or_404
 
+from chat import selectors as chat_selectors
 from chat.models import Message, Turn
 from feedback.models import Feedback
 
 
 def turn_by_request_id(*, user: AbstractBaseUser, client_request_id: str) -> Turn:
-    """Raises: Http404."""
-    return get_object_or_404(
-        Turn, user=user, client_request_id=client_request_id, session__deleted_at__isnull=True
+    """The user's turn with this request id in a conversation they still see. Raises: Http404."""
+    turn = chat_selectors.turn_get_by_request_id(
+        user=user, client_request_id=client_request_id, visible=True
     )
+    if turn is None:
+        raise Http404("No turn with this client_request_id.")
+    return turn
 
 
 def turn_by_reply_message(*, user: AbstractBaseUser, message_id: int) -> Turn:
@@ -35,20 +40,22 @@ def feedback_get(*, user: AbstractBaseUser, turn: Turn) -> Feedback:
     return get_object_or_404(Feedback, user=user, turn=turn, withdrawn=False)
 
 
-def reply_message_id(*, turn: Turn) -> int | None:
-    return (
-        turn.messages.filter(role=Message.Role.ASSISTANT)
-        .order_by("-id")
-        .values_list("id", flat=True)
-        .first()
+def feedback_of(*, user: AbstractBaseUser, turn: Turn) -> Feedback | None:
+    """The user's live feedback on the turn, if any (staff labels keep their vote with it)."""
+    return Feedback.objects.filter(user=user, turn=turn, withdrawn=False).first()
+
+
+def due(now: datetime) -> Q:
+    """Rows whose next delivery attempt is due and that no deliverer holds a lease on."""
+    return (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)) & (
+        Q(leased_until__isnull=True) | Q(leased_until__lt=now)
     )
 
 
 def feedback_due_ids(*, now: datetime, limit: int) -> list[int]:
-    due = Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)
-    free = Q(leased_until__isnull=True) | Q(leased_until__lt=now)
     return list(
-        Feedback.objects.filter(due, free, delivery_state=Feedback.Delivery.PENDING)
+        feedback_pending()
+        .filter(due(now))
         .order_by("next_attempt_at", "id")
         .values_list("id", flat=True)[:limit]
     )

@@ -20,13 +20,13 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from chat import tracing
-from chat.exceptions import TurnNotRateable
 from chat.models import Turn
 from feedback import selectors
+from feedback.exceptions import TurnNotRateable
 from feedback.models import Feedback
 
 logger = logging.getLogger(__name__)
@@ -87,6 +87,15 @@ def feedback_retry(*, feedback: Feedback) -> None:
     )
 
 
+def feedback_retry_failed() -> int:
+    """Queue every failed feedback for delivery again; returns how many."""
+    return Feedback.objects.filter(delivery_state=Feedback.Delivery.FAILED).update(
+        delivery_state=Feedback.Delivery.PENDING,
+        attempts=0,
+        next_attempt_at=timezone.now(),
+    )
+
+
 def _mark_changed(feedback: Feedback) -> None:
     feedback.version += 1
     feedback.delivery_state = Feedback.Delivery.PENDING
@@ -100,8 +109,7 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     now = now or timezone.now()
     claimed = (
         selectors.feedback_pending()
-        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now), pk=feedback_id)
-        .filter(Q(leased_until__isnull=True) | Q(leased_until__lt=now))
+        .filter(selectors.due(now), pk=feedback_id)
         .update(leased_until=now + timedelta(seconds=LEASE_S), attempts=F("attempts") + 1)
     )
     if not claimed:

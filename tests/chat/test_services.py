@@ -10,16 +10,18 @@ pytestmark = pytest.mark.django_db
 
 
 def test_an_attempt_overtaken_by_a_retry_writes_nothing(user):
-    first = services.message_reply_begin(user=user, message="slow one", client_request_id="r-1")
+    first = services.turn_begin(user=user, message="slow one", client_request_id="r-1")
     # The first attempt looks abandoned (no progress for long), so a retry claims the turn.
-    Turn.objects.filter(pk=first.pk).update(started_at=first.started_at - timedelta(hours=1))
-    retry = services.message_reply_begin(user=user, message="slow one", client_request_id="r-1")
-    assert retry.pk == first.pk and retry.attempts == 2
+    Turn.objects.filter(pk=first.turn.pk).update(
+        started_at=first.turn.started_at - timedelta(hours=1)
+    )
+    retry = services.turn_begin(user=user, message="slow one", client_request_id="r-1")
+    assert retry.turn.pk == first.turn.pk and retry.turn.attempts == 2 and retry.replay is None
 
     with pytest.raises(RequestIdConflict):
-        services.message_reply_run(first, message="slow one", endpoint="test")
+        services.turn_answer(first)
     assert Message.objects.filter(role="assistant").count() == 0
 
-    result = services.message_reply_run(retry, message="slow one", endpoint="test")
+    result = services.turn_answer(retry)
     assert result.turn.status == "completed"
     assert Message.objects.filter(role="assistant").count() == 1

@@ -1,15 +1,32 @@
 import csv
 import io
 import json
+from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
-from django.http import QueryDict
-from rest_framework.exceptions import ValidationError
+from django.utils.dateparse import parse_datetime
 
-from chat import tracing
-from chat.apis import TraceSearchApi, trace_query_from
+from chat import selectors, tracing
+from chat.exceptions import TracesUnavailable
+from chat.models import REQUEST_ID_PATTERN
 
 COLUMNS = ["trace_id", "time", "duration_ms", "state", "user", "session", "client_request_id"]
+
+
+def _pair(value: str, sep: str, option: str) -> tuple[str, str]:
+    key, found, val = value.partition(sep)
+    if not found or not key:
+        raise CommandError(f"{option} {value!r}: expected key{sep}value")
+    return key, val
+
+
+def _when(value: str | None, option: str) -> datetime | None:
+    if not value:
+        return None
+    parsed = parse_datetime(value) or parse_datetime(f"{value}T00:00:00+00:00")
+    if parsed is None:
+        raise CommandError(f"{option} {value!r} is not a date or ISO 8601 time")
+    return parsed
 
 
 class Command(BaseCommand):
@@ -37,49 +54,42 @@ class Command(BaseCommand):
         search.add_argument("--format", default="table", choices=["table", "json", "csv"])
 
     def handle(self, *args, **opts):
-        params = QueryDict(mutable=True)
-        for name in (
-            "user",
-            "session",
-            "client_request_id",
-            "environment",
-            "app_version",
-            "since",
-            "until",
-        ):
-            if opts.get(name):
-                params[name] = opts[name]
-        params.setlist("tag", [t.replace("=", ":", 1) for t in opts["tag"]])
-        params.setlist("feedback", opts["feedback"])
-        params["ordering"] = opts["order"]
-        params["page_size"] = str(min(max(opts["limit"], 1), 200))
-        serializer = TraceSearchApi.FilterSerializer(data=params)
-        try:
-            serializer.is_valid(raise_exception=True)
-            query = trace_query_from(serializer.validated_data)
-        except ValidationError as exc:
-            raise CommandError(f"invalid filter: {exc.detail}") from exc
+        request_id = opts["client_request_id"]
+        if request_id and not REQUEST_ID_PATTERN.fullmatch(request_id):
+            raise CommandError("--request-id: 1-50 characters of letters, digits and . _ : -")
         if not tracing.is_ready():
             raise CommandError("MLflow is not reachable (see MLFLOW_TRACKING_URI)")
-        traces = [] if query is None else self._collect(query, opts)
+        filters = {
+            "user": opts["user"],
+            "session_id": opts["session"],
+            "client_request_id": request_id,
+            "tags": [_pair(t, "=", "--tag") for t in opts["tag"]],
+            "environment": opts["environment"],
+            "app_version": opts["app_version"],
+            "feedback": [_pair(f, ":", "--feedback") for f in opts["feedback"]],
+            "since": _when(opts["since"], "--since"),
+            "until": _when(opts["until"], "--until"),
+            "order": opts["order"],
+        }
+        traces = self._collect(filters, limit=max(opts["limit"], 1))
         getattr(self, f"_write_{opts['format']}")(traces)
         if opts["format"] == "table":
             self.stderr.write(f"{len(traces)} trace(s)")
 
-    def _collect(self, query, opts) -> list:
-        found, token = [], None
-        while len(found) < opts["limit"]:
+    def _collect(self, filters: dict, *, limit: int) -> list:
+        found, cursor = [], None
+        while len(found) < limit:
             try:
-                page = tracing.search_traces(
-                    query, order=opts["order"], page_token=token, page_size=min(opts["limit"], 200)
-                )
-            except tracing.TrackingUnavailable as exc:
-                raise CommandError(f"MLflow did not answer: {exc}") from exc
+                page = selectors.trace_search(**filters, cursor=cursor, page_size=min(limit, 200))
+            except tracing.UnsafeFilterValue as exc:
+                raise CommandError(f"invalid filter: {exc}") from exc
+            except TracesUnavailable as exc:
+                raise CommandError(f"MLflow did not answer: {exc.message}") from exc
             found += page.traces
-            token = page.next_page_token
-            if not token:
+            cursor = page.next_page_token
+            if not cursor:
                 break
-        return found[: opts["limit"]]
+        return found[:limit]
 
     def _rows(self, traces):
         for t in traces:

@@ -37,10 +37,7 @@ class Command(BaseCommand):
     def handle(self, *args, loop: bool, retry_failed: bool, batch: int, threads: int, **options):
         self.threads = threads
         if retry_failed:
-            failed = Feedback.objects.filter(delivery_state=Feedback.Delivery.FAILED)
-            for feedback in failed:
-                services.feedback_retry(feedback=feedback)
-            self.stdout.write(f"re-queued {len(failed)} failed feedback")
+            self.stdout.write(f"re-queued {services.feedback_retry_failed()} failed feedback")
         if loop:
             self._loop(batch)
         else:

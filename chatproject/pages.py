@@ -1,4 +1,8 @@
-"""Server-rendered pages for people in a browser; the page's script uses the same JSON API."""
+"""The web page for people in a browser: a conversation with the person's feedback on each answer.
+
+It composes both apps (chat for the conversation, feedback for the votes), so it lives at the
+project level; its script uses the same JSON API as every other client.
+"""
 
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse

@@ -1,0 +1,74 @@
+"""The one package that talks to MLflow; this module is its public surface.
+
+- `setup`: configure once per process, where traces go, deployment metadata.
+- `spans`: the spans of a chat turn (root, history, LLM).
+- `assessments`: human feedback and expectations on a trace.
+- `search`: finding traces by user, session, request id, tags, deployment and feedback.
+- `datasets`: corrected production traces as an evaluation dataset.
+- `links`: links into the MLflow UI.
+- `errors`: what callers catch; MLflow's own exceptions never leave this package.
+"""
+
+from chat.tracing.assessments import EXPECTATION_NAME, sync_assessments
+from chat.tracing.datasets import merge_into_eval_dataset
+from chat.tracing.errors import TraceNotFound, TrackingUnavailable, UnsafeFilterValue
+from chat.tracing.links import session_ui_url, trace_link_html, trace_ui_url, ui_link_html
+from chat.tracing.search import (
+    ORDERINGS,
+    SAFE_KEY,
+    SAFE_VALUE,
+    TracePage,
+    TraceQuery,
+    TraceSummary,
+    search_traces,
+    trace_filter_string,
+)
+from chat.tracing.setup import (
+    configure,
+    deployment_metadata,
+    experiment_id,
+    flush,
+    is_ready,
+    tracking_reachable,
+)
+from chat.tracing.spans import (
+    Span,
+    finish_turn,
+    history_span,
+    llm_span,
+    mark_disconnected,
+    turn_trace,
+)
+
+__all__ = [
+    "EXPECTATION_NAME",
+    "ORDERINGS",
+    "SAFE_KEY",
+    "SAFE_VALUE",
+    "Span",
+    "TraceNotFound",
+    "TracePage",
+    "TraceQuery",
+    "TraceSummary",
+    "TrackingUnavailable",
+    "UnsafeFilterValue",
+    "configure",
+    "deployment_metadata",
+    "experiment_id",
+    "finish_turn",
+    "flush",
+    "history_span",
+    "is_ready",
+    "llm_span",
+    "mark_disconnected",
+    "merge_into_eval_dataset",
+    "search_traces",
+    "session_ui_url",
+    "sync_assessments",
+    "trace_filter_string",
+    "trace_link_html",
+    "trace_ui_url",
+    "tracking_reachable",
+    "turn_trace",
+    "ui_link_html",
+]

@@ -1,0 +1,113 @@
+"""Human feedback on a trace: make MLflow's assessments match what the database says."""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.entities import AssessmentSource
+from mlflow.exceptions import MlflowException
+
+from chat.tracing.errors import TraceNotFound, TrackingUnavailable, short
+
+ASSESSMENT_KEY = "chat.feedback_id"
+EXPECTATION_NAME = "expected_response"
+
+
+def sync_assessments(
+    *,
+    trace_id: str,
+    key: str,
+    source_id: str,
+    feedback: tuple[str, bool | int, str] | None,
+    expectation: str | None,
+    known_empty: bool = False,
+) -> tuple[str, str]:
+    """Make the trace's assessments tagged `key` match: one valid feedback, one expectation.
+
+    `feedback` is (name, value, rationale) or None to remove it; `expectation` the expected
+    response or None. A changed feedback value supersedes the old one with `override_feedback`
+    (MLflow keeps its history). Safe to repeat: what already matches is left alone.
+    `known_empty` (nothing was ever sent for `key`) skips reading the trace first, which halves
+    the calls on the common path.
+    Returns the (feedback, expectation) assessment ids, "" for none.
+    Raises: TraceNotFound, TrackingUnavailable.
+    """
+    source = AssessmentSource(source_type="HUMAN", source_id=source_id)
+    metadata = {ASSESSMENT_KEY: key}
+    try:
+        ours = [] if known_empty else _our_assessments(trace_id, key)
+        feedback_id = _sync_feedback(
+            trace_id, [a for a in ours if a.feedback is not None], feedback, source, metadata
+        )
+        expectation_id = _sync_expectation(
+            trace_id, [a for a in ours if a.expectation is not None], expectation, source, metadata
+        )
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise TraceNotFound(f"trace {trace_id} is not in the tracking store yet") from exc
+        raise TrackingUnavailable(short(exc)) from exc
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+    return feedback_id, expectation_id
+
+
+def _our_assessments(trace_id: str, key: str) -> list:
+    trace = mlflow.MlflowClient().get_trace(trace_id, display=False)
+    return [
+        a
+        for a in (trace.info.assessments or [])
+        if (a.metadata or {}).get(ASSESSMENT_KEY) == key and a.valid is not False
+    ]
+
+
+def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
+    if desired is None:
+        _delete(trace_id, current)
+        return ""
+    name, value, rationale = desired
+    kept = next((a for a in current if a.name == name), None)
+    _delete(trace_id, [a for a in current if a is not kept])
+    if kept is None:
+        created = mlflow.log_feedback(
+            trace_id=trace_id,
+            name=name,
+            value=value,
+            rationale=rationale or None,
+            source=source,
+            metadata=metadata,
+        )
+        return created.assessment_id
+    unchanged = (
+        type(kept.feedback.value) is type(value)
+        and kept.feedback.value == value
+        and (kept.rationale or "") == (rationale or "")
+        and kept.source.source_id == source.source_id
+    )
+    if unchanged:
+        return kept.assessment_id
+    created = mlflow.override_feedback(
+        trace_id=trace_id,
+        assessment_id=kept.assessment_id,
+        value=value,
+        rationale=rationale or None,
+        source=source,
+        metadata=metadata,
+    )
+    return created.assessment_id
+
+
+def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
+    kept = next((a for a in current if desired and a.expectation.value == desired), None)
+    _delete(trace_id, [a for a in current if a is not kept])
+    if not desired:
+        return ""
+    if kept is not None:
+        return kept.assessment_id
+    created = mlflow.log_expectation(
+        trace_id=trace_id, name=EXPECTATION_NAME, value=desired, source=source, metadata=metadata
+    )
+    return created.assessment_id
+
+
+def _delete(trace_id: str, assessments) -> None:
+    for assessment in assessments:
+        mlflow.delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)
