@@ -10,9 +10,13 @@ from tests.factories import UserFactory
 from tests.llm_server import FakeOpenAIServer
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def mlflow_experiment():
-    """Each test traces into its own experiment of the run's throwaway SQLite store."""
+    """This test traces into its own experiment of the run's throwaway SQLite store.
+
+    Opt-in: the API client fixtures and the trace readers ask for it; tests that build their
+    state with factories and never reach MLflow do not pay for it.
+    """
     from django.conf import settings
 
     assert tracing.configure(
@@ -35,7 +39,7 @@ def find_traces(mlflow_experiment):
 
 
 @pytest.fixture
-def get_trace():
+def get_trace(mlflow_experiment):
     def get(trace_id: str):
         tracing.flush()
         return mlflow.MlflowClient().get_trace(trace_id)
@@ -61,13 +65,13 @@ def token_client(user) -> APIClient:
 
 
 @pytest.fixture
-def api(user) -> APIClient:
+def api(user, mlflow_experiment) -> APIClient:
     """An API client signed in as `user` with a real DRF token."""
     return token_client(user)
 
 
 @pytest.fixture
-def other_api(other_user) -> APIClient:
+def other_api(other_user, mlflow_experiment) -> APIClient:
     return token_client(other_user)
 
 
@@ -101,7 +105,7 @@ def deliver_until_settled():
 
 
 @pytest.fixture
-def assessments():
+def assessments(mlflow_experiment):
     """The valid (or all) assessments on a trace, as MLflow has them now."""
 
     def fetch(trace_id: str, *, include_invalid: bool = False) -> list:
@@ -126,7 +130,7 @@ def turn_of(api):
 
 
 @pytest.fixture
-def staff_api(db):
+def staff_api(db, mlflow_experiment):
     return token_client(UserFactory(is_staff=True))
 
 

@@ -34,7 +34,7 @@ def browser():
 
 
 @pytest.fixture
-def page_for(browser, live_server):
+def page_for(browser, live_server, mlflow_experiment):
     """A signed-in browser page for a user (each user gets their own browser context)."""
     contexts = []
 

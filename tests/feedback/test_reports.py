@@ -1,7 +1,4 @@
-import json
-
 import pytest
-from django.core.management import call_command
 
 from feedback.models import Feedback
 
@@ -63,57 +60,3 @@ def test_the_admin_report_page_shows_the_table_for_staff(admin_client, world, cl
     assert "Feedback quality report" in html and ">1.4</th>" in html and "67% (2)" in html
     assert client.get("/admin/reports/feedback/").status_code == 302  # to the login page
     assert b"Quality report" in admin_client.get("/admin/feedback/feedback/").content
-
-
-def test_the_traces_command_searches_with_the_same_filters(world, capsys):
-    call_command("traces", "search", "--user", "alice", "--tag", "team=support", "--format", "json")
-    found = json.loads(capsys.readouterr().out)
-    expected = {world["turns"][0]["trace_id"], world["turns"][1]["trace_id"]}
-    assert {t["trace_id"] for t in found} == expected
-
-    call_command("traces", "search", "--feedback", "response_is_correct:false", "--format", "csv")
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("trace_id,time,duration_ms") and len(lines) == 3
-
-    call_command("traces", "search", "--request-id", "req-b1")
-    captured = capsys.readouterr()
-    assert world["turns"][3]["trace_id"] in captured.out and "1 trace(s)" in captured.err
-
-
-def test_the_traces_command_refuses_hostile_values(world):
-    from django.core.management.base import CommandError
-
-    with pytest.raises(CommandError, match="invalid filter"):
-        call_command("traces", "search", "--tag", "team=x' OR '1'='1")
-
-
-def test_exporting_the_eval_dataset_twice_adds_no_duplicates(world, capsys):
-    import mlflow.genai.datasets
-
-    call_command("export_eval_dataset", "--name", "corrections")
-    call_command("export_eval_dataset", "--name", "corrections")
-    out = capsys.readouterr().out
-    assert out.count("1 corrected traces merged, 1 records in the dataset") == 2
-    records = mlflow.genai.datasets.get_dataset(name="corrections").to_df()
-    assert len(records) == 1
-    record = records.iloc[0]
-    assert record["inputs"]["messages"] == [{"role": "user", "content": "alice one"}]
-    assert record["expectations"] == {"expected_response": "The right answer"}
-
-
-def test_the_admin_action_exports_selected_corrected_turns(admin_client, world, settings):
-    import mlflow.genai.datasets
-
-    from chat.models import Turn
-
-    settings.EVAL_DATASET_NAME = "from-admin"
-    response = admin_client.post(
-        "/admin/chat/turn/",
-        {
-            "action": "export_to_eval_dataset",
-            "_selected_action": list(Turn.objects.values_list("pk", flat=True)),
-        },
-        follow=True,
-    )
-    assert "1 corrected trace(s) merged" in response.content.decode()
-    assert len(mlflow.genai.datasets.get_dataset(name="from-admin").to_df()) == 1

@@ -1,0 +1,34 @@
+"""`manage.py traces search`: the same filters as the staff API, from a terminal."""
+
+import json
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+
+pytestmark = pytest.mark.django_db
+
+
+def test_the_traces_command_searches_with_the_same_filters(world, capsys):
+    call_command("traces", "search", "--user", "alice", "--tag", "team=support", "--format", "json")
+    found = json.loads(capsys.readouterr().out)
+    expected = {world["turns"][0]["trace_id"], world["turns"][1]["trace_id"]}
+    assert {t["trace_id"] for t in found} == expected
+
+    call_command("traces", "search", "--feedback", "response_is_correct:false", "--format", "csv")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("trace_id,time,duration_ms") and len(lines) == 3
+
+    call_command("traces", "search", "--request-id", "req-b1")
+    captured = capsys.readouterr()
+    assert world["turns"][3]["trace_id"] in captured.out and "1 trace(s)" in captured.err
+
+
+def test_the_traces_command_refuses_hostile_values(world):
+    with pytest.raises(CommandError, match="invalid filter"):
+        call_command("traces", "search", "--tag", "team=x' OR '1'='1")
+
+
+def test_the_traces_command_says_what_is_wrong_with_a_request_id():
+    with pytest.raises(CommandError, match="--request-id"):
+        call_command("traces", "search", "--request-id", "x" * 51)
