@@ -11,7 +11,8 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-i
 
 
 def worker_exit(server, worker):
-    # MLflow exports traces from a queue; a worker that exits without flushing loses them.
+    # Turns' traces wait in the database for `deliver_traces`; this only flushes anything MLflow
+    # itself still queues (nothing on the chat path), so a stop never loses a trace.
     from chat import tracing
 
     tracing.flush()

@@ -96,3 +96,39 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"{self.role}: {self.content[:60]}"
+
+
+class TraceExport(models.Model):
+    """One turn attempt's complete trace, stored with the answer; MLflow gets it from here.
+
+    The request path only inserts this row (in the turn's transaction). The delivery process
+    (`manage.py deliver_traces`) writes it to MLflow with its original ids and timestamps, and
+    marks it exported only once MLflow has the whole trace. Writing is an upsert keyed by
+    `trace_id` and the span ids in `payload`, so a retry after any crash adds nothing twice.
+    """
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        EXPORTED = "exported", "Exported"
+        FAILED = "failed", "Failed"
+
+    turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="trace_exports")
+    trace_id = models.CharField(max_length=64, unique=True)
+    payload = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # Held by the deliverer writing the row: several delivery processes share the table.
+    leased_until = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    exported_at = models.DateTimeField(null=True, blank=True)
+    # Set when `audit_traces --repair` had to write it again.
+    repaired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "next_attempt_at"], name="traceexport_due")]
+
+    def __str__(self) -> str:
+        return f"Trace {self.trace_id} of turn {self.turn_id} ({self.state})"

@@ -18,7 +18,7 @@ from django.utils import timezone
 from chat import selectors, tracing
 from chat.exceptions import ChatError, ClientDisconnected, RequestIdConflict
 from chat.llm import ChatMessage, LLMReply, get_chat_model
-from chat.models import ChatSession, Message, Turn
+from chat.models import ChatSession, Message, TraceExport, Turn
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id, endpoint: str
         reply = selectors.turn_reply(turn=turn)
         if reply is not None:
             return TurnClaim(turn=turn, message=message, endpoint=endpoint, replay=reply)
-    stale_before = timezone.now() - timedelta(seconds=settings.LLM_TIMEOUT_S * 2 + 30)
+    stale_before = timezone.now() - timedelta(seconds=settings.TURN_ABANDONED_AFTER_S)
     claimable = Turn.objects.filter(pk=turn.pk, status=Turn.Status.FAILED) | Turn.objects.filter(
         pk=turn.pk, status=Turn.Status.PENDING, started_at__lt=stale_before
     )
@@ -166,23 +166,25 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id, endpoint: str
 
 
 def turn_answer(claim: TurnClaim) -> TurnReply:
-    """Answer a claimed turn in one piece, inside its trace (a replay answers from the database).
+    """Answer a claimed turn in one piece, recording its trace (a replay answers from the database).
 
     Raises: LLMUnavailable, LLMTimeout, RequestIdConflict.
     """
     if claim.replay is not None:
         return TurnReply(turn=claim.turn, reply=claim.replay, replayed=True)
-    turn, message = claim.turn, claim.message
+    turn = claim.turn
     started = time.perf_counter()
-    with _trace_for(claim) as root:
-        try:
-            prompt = _prompt_for(turn, message)
+    trace = None
+    try:
+        with _trace_for(claim) as trace:
+            prompt = _prompt_for(turn, claim.message)
             reply = _llm_complete(prompt)
-        except Exception as exc:
-            _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
-            raise
-        reply_message = _turn_complete(turn, reply=reply, trace_id=root.trace_id, started=started)
-        tracing.finish_turn(root, response=reply.content)
+            if trace is not None:
+                trace.finish(response=reply.content)
+    except Exception as exc:
+        _turn_fail(turn, error=exc, trace=trace, started=started)
+        raise
+    reply_message = _turn_complete(turn, reply=reply, trace=trace, started=started)
     return TurnReply(turn=turn, reply=reply_message, replayed=False)
 
 
@@ -208,46 +210,48 @@ def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
         yield StreamEvent("done", TurnReply(turn=turn, reply=claim.replay, replayed=True))
         return
     started = time.perf_counter()
+    trace, stream = None, None
     try:
-        with _trace_for(claim) as root:
-            stream = None
-            try:
-                yield StreamEvent("start", _start_payload(turn, trace_id=root.trace_id))
-                prompt = _prompt_for(turn, claim.message)
-                model = get_chat_model()
-                with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
-                    stream = model.stream(prompt)
-                    for piece in stream:
-                        yield StreamEvent("token", {"text": piece})
-                    span.record_reply(stream.reply)
-                reply_message = _turn_complete(
-                    turn, reply=stream.reply, trace_id=root.trace_id, started=started
-                )
-            except GeneratorExit:
-                partial = stream.text_so_far if stream else ""
-                tracing.mark_disconnected(root, partial_response=partial)
-                _turn_fail(
-                    turn,
-                    error=ClientDisconnected(f"after {len(partial)} characters"),
-                    trace_id=root.trace_id,
-                    started=started,
-                )
-                raise
-            except Exception as exc:
-                _turn_fail(turn, error=exc, trace_id=root.trace_id, started=started)
-                raise
-            tracing.finish_turn(root, response=stream.reply.content)
+        with _trace_for(claim) as trace:
+            yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
+            prompt = _prompt_for(turn, claim.message)
+            model = get_chat_model()
+            with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
+                stream = model.stream(prompt)
+                for piece in stream:
+                    yield StreamEvent("token", {"text": piece})
+                span.record_reply(stream.reply)
+            if trace is not None:
+                trace.finish(response=stream.reply.content)
+        reply_message = _turn_complete(turn, reply=stream.reply, trace=trace, started=started)
+    except GeneratorExit:
+        partial = stream.text_so_far if stream else ""
+        if trace is not None:
+            trace.mark_disconnected(partial_response=partial)
+        _turn_fail(
+            turn,
+            error=ClientDisconnected(f"after {len(partial)} characters"),
+            trace=trace,
+            started=started,
+        )
+        raise
     except ChatError as exc:
+        _turn_fail(turn, error=exc, trace=trace, started=started)
         yield StreamEvent("error", {"error": exc.code, "detail": exc.message})
         return
-    except Exception:
+    except Exception as exc:
         # The response has already started (200): say so in the stream rather than cut it.
         logger.exception("streamed turn crashed turn_id=%s", turn.pk)
+        _turn_fail(turn, error=exc, trace=trace, started=started)
         yield StreamEvent(
             "error", {"error": "internal_error", "detail": "The answer failed; please retry."}
         )
         return
     yield StreamEvent("done", TurnReply(turn=turn, reply=reply_message, replayed=False))
+
+
+def _id(trace: tracing.TurnTrace | None) -> str | None:
+    return trace.trace_id if trace is not None else None
 
 
 def _start_payload(turn: Turn, *, trace_id: str | None) -> dict:
@@ -294,12 +298,17 @@ def _llm_complete(prompt: list[ChatMessage]) -> LLMReply:
     return reply
 
 
-def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started: float) -> Message:
-    """Raises: RequestIdConflict when a newer attempt claimed the turn meanwhile."""
+def _turn_complete(
+    turn: Turn, *, reply: LLMReply, trace: tracing.TurnTrace | None, started: float
+) -> Message:
+    """Store the answer and its trace in one transaction.
+
+    Raises: RequestIdConflict when a newer attempt claimed the turn meanwhile.
+    """
     now = timezone.now()
     fields = {
         "status": Turn.Status.COMPLETED,
-        "trace_id": trace_id or "",
+        "trace_id": _id(trace) or "",
         "model": reply.model,
         "prompt_tokens": reply.prompt_tokens,
         "completion_tokens": reply.completion_tokens,
@@ -319,6 +328,7 @@ def _turn_complete(turn: Turn, *, reply: LLMReply, trace_id: str | None, started
             content=reply.content,
         )
         ChatSession.objects.filter(pk=turn.session_id).update(updated_at=now)
+        _trace_store(turn, trace)
     for name, value in fields.items():
         setattr(turn, name, value)
     return reply_message
@@ -328,20 +338,33 @@ def _this_attempt(turn: Turn):
     return Turn.objects.filter(pk=turn.pk, attempts=turn.attempts, status=Turn.Status.PENDING)
 
 
-def _turn_fail(turn: Turn, *, error: Exception, trace_id: str | None, started: float) -> None:
+def _turn_fail(
+    turn: Turn, *, error: BaseException, trace: tracing.TurnTrace | None, started: float
+) -> None:
     # update(), not save(): the turn may have been deleted, or claimed by a newer attempt.
-    _this_attempt(turn).update(
-        status=Turn.Status.FAILED,
-        trace_id=trace_id or "",
-        error=f"{type(error).__name__}: {error}"[:2000],
-        latency_ms=_elapsed_ms(started),
-    )
+    with transaction.atomic():
+        failed = _this_attempt(turn).update(
+            status=Turn.Status.FAILED,
+            trace_id=_id(trace) or "",
+            error=f"{type(error).__name__}: {error}"[:2000],
+            latency_ms=_elapsed_ms(started),
+        )
+        if failed:
+            _trace_store(turn, trace)
     logger.warning(
         "chat turn failed turn_id=%s request_id=%s error=%s",
         turn.pk,
         turn.client_request_id,
         type(error).__name__,
     )
+
+
+def _trace_store(turn: Turn, trace: tracing.TurnTrace | None) -> None:
+    """Queue the attempt's complete trace for delivery to MLflow (inside the turn's transaction)."""
+    if trace is not None:
+        TraceExport.objects.create(
+            turn=turn, trace_id=trace.trace_id, payload=trace.payload(), next_attempt_at=None
+        )
 
 
 def _elapsed_ms(started: float) -> int:

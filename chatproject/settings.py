@@ -188,3 +188,14 @@ FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
 
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")
+
+# --- Trace delivery to MLflow (the worker: `python manage.py deliver_traces --loop`) ------------
+TRACE_DELIVERY_BATCH = env.int("TRACE_DELIVERY_BATCH", default=200)
+TRACE_POLL_INTERVAL_S = env.float("TRACE_POLL_INTERVAL_S", default=0.5)
+TRACE_RETRY_BASE_S = env.float("TRACE_RETRY_BASE_S", default=1.0)
+# While the tracking server is down, retries back off to this and never give up.
+TRACE_RETRY_MAX_S = env.float("TRACE_RETRY_MAX_S", default=10.0)
+# A trace MLflow keeps refusing (not an outage) is marked failed after this many attempts.
+TRACE_MAX_ATTEMPTS = env.int("TRACE_MAX_ATTEMPTS", default=20)
+# A turn still pending this long after it started lost its worker: the delivery process closes it.
+TURN_ABANDONED_AFTER_S = env.float("TURN_ABANDONED_AFTER_S", default=LLM_TIMEOUT_S * 2 + 30)

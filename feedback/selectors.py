@@ -3,13 +3,14 @@
 from datetime import datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Avg, Count, F, Q, QuerySet
+from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet
 from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.shortcuts import get_object_or_404
 
 from chat import selectors as chat_selectors
-from chat.models import Message, Turn
+from chat.delivery import due
+from chat.models import Message, TraceExport, Turn
 from feedback.models import Feedback
 
 
@@ -45,17 +46,22 @@ def feedback_of(*, user: AbstractBaseUser, turn: Turn) -> Feedback | None:
     return Feedback.objects.filter(user=user, turn=turn, withdrawn=False).first()
 
 
-def due(now: datetime) -> Q:
-    """Rows whose next delivery attempt is due and that no deliverer holds a lease on."""
-    return (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)) & (
-        Q(leased_until__isnull=True) | Q(leased_until__lt=now)
+def deliverable(now: datetime) -> Q:
+    """Due, free of any lease, and on a trace MLflow already has whole.
+
+    Feedback waits (without spending attempts) while its turn's trace is still being delivered,
+    so it is never marked delivered onto a half-written or missing trace.
+    """
+    trace_waiting = TraceExport.objects.filter(trace_id=OuterRef("turn__trace_id")).exclude(
+        state=TraceExport.State.EXPORTED
     )
+    return due(now) & ~Exists(trace_waiting)
 
 
 def feedback_due_ids(*, now: datetime, limit: int) -> list[int]:
     return list(
         feedback_pending()
-        .filter(due(now))
+        .filter(deliverable(now))
         .order_by("next_attempt_at", "id")
         .values_list("id", flat=True)[:limit]
     )

@@ -109,7 +109,7 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     now = now or timezone.now()
     claimed = (
         selectors.feedback_pending()
-        .filter(selectors.due(now), pk=feedback_id)
+        .filter(selectors.deliverable(now), pk=feedback_id)
         .update(leased_until=now + timedelta(seconds=LEASE_S), attempts=F("attempts") + 1)
     )
     if not claimed:

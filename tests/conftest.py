@@ -25,12 +25,30 @@ def mlflow_experiment():
     return tracing.experiment_id()
 
 
+def deliver_traces(timeout: float = 30.0) -> None:
+    """Run the trace delivery process's passes until nothing is due (what the worker does)."""
+    import time
+
+    from chat import delivery
+    from chat.models import TraceExport
+
+    deadline = time.monotonic() + timeout
+    while True:
+        counts = delivery.trace_deliver_due()
+        waiting = TraceExport.objects.filter(state=TraceExport.State.PENDING)
+        if not waiting.exists():
+            return
+        assert time.monotonic() < deadline, list(waiting.values("trace_id", "last_error"))
+        if not counts:
+            time.sleep(0.1)
+
+
 @pytest.fixture
 def find_traces(mlflow_experiment):
-    """Traces of this test's experiment matching an MLflow filter string (queue flushed first)."""
+    """Traces of this test's experiment matching an MLflow filter string (delivered first)."""
 
     def find(filter_string: str | None = None) -> list:
-        tracing.flush()
+        deliver_traces()
         return mlflow.MlflowClient().search_traces(
             experiment_ids=[mlflow_experiment], filter_string=filter_string, max_results=500
         )
@@ -41,7 +59,7 @@ def find_traces(mlflow_experiment):
 @pytest.fixture
 def get_trace(mlflow_experiment):
     def get(trace_id: str):
-        tracing.flush()
+        deliver_traces()
         return mlflow.MlflowClient().get_trace(trace_id)
 
     return get
@@ -94,6 +112,7 @@ def deliver_until_settled():
 
     def run(timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
+        deliver_traces(timeout)
         while selectors.feedback_pending().exists():
             assert time.monotonic() < deadline, list(
                 selectors.feedback_pending().values("id", "attempts", "last_error")

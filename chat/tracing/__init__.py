@@ -1,7 +1,8 @@
 """The one package that talks to MLflow; this module is its public surface.
 
 - `setup`: configure once per process, where traces go, deployment metadata.
-- `spans`: the spans of a chat turn (root, history, LLM).
+- `spans`: a chat turn's trace, recorded in memory on the request path (no MLflow call).
+- `export`: writing recorded traces to MLflow, complete and idempotent (the delivery process).
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
 - `datasets`: corrected production traces as an evaluation dataset.
@@ -9,9 +10,20 @@
 - `errors`: what callers catch; MLflow's own exceptions never leave this package.
 """
 
-from chat.tracing.assessments import EXPECTATION_NAME, sync_assessments
+from chat.tracing.assessments import (
+    EXPECTATION_NAME,
+    StoredAssessment,
+    assessments_by_trace,
+    sync_assessments,
+)
 from chat.tracing.datasets import merge_into_eval_dataset
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, UnsafeFilterValue
+from chat.tracing.export import (
+    delete_traces,
+    experiment_trace_ids,
+    trace_problems,
+    write_traces,
+)
 from chat.tracing.links import session_ui_url, trace_link_html, trace_ui_url, ui_link_html
 from chat.tracing.search import (
     ORDERINGS,
@@ -31,14 +43,7 @@ from chat.tracing.setup import (
     is_ready,
     tracking_reachable,
 )
-from chat.tracing.spans import (
-    Span,
-    finish_turn,
-    history_span,
-    llm_span,
-    mark_disconnected,
-    turn_trace,
-)
+from chat.tracing.spans import Span, TurnTrace, history_span, llm_span, turn_trace
 
 __all__ = [
     "EXPECTATION_NAME",
@@ -46,29 +51,34 @@ __all__ = [
     "SAFE_KEY",
     "SAFE_VALUE",
     "Span",
+    "StoredAssessment",
     "TraceNotFound",
     "TracePage",
     "TraceQuery",
     "TraceSummary",
     "TrackingUnavailable",
+    "TurnTrace",
     "UnsafeFilterValue",
+    "assessments_by_trace",
     "configure",
     "deployment_metadata",
     "experiment_id",
-    "finish_turn",
+    "delete_traces",
+    "experiment_trace_ids",
     "flush",
     "history_span",
     "is_ready",
     "llm_span",
-    "mark_disconnected",
     "merge_into_eval_dataset",
     "search_traces",
     "session_ui_url",
     "sync_assessments",
     "trace_filter_string",
     "trace_link_html",
+    "trace_problems",
     "trace_ui_url",
     "tracking_reachable",
     "turn_trace",
     "ui_link_html",
+    "write_traces",
 ]

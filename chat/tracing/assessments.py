@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
 import mlflow
 from mlflow.entities import AssessmentSource
 from mlflow.exceptions import MlflowException
+from mlflow.tracing.client import TracingClient
 
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, short
 
@@ -111,3 +116,40 @@ def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
 def _delete(trace_id: str, assessments) -> None:
     for assessment in assessments:
         mlflow.delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)
+
+
+@dataclass(frozen=True)
+class StoredAssessment:
+    """One valid assessment as MLflow has it, tagged with the feedback row it came from."""
+
+    assessment_id: str
+    name: str
+    value: Any
+    key: str | None
+    is_expectation: bool
+
+
+def assessments_by_trace(trace_ids: Sequence[str]) -> dict[str, list[StoredAssessment]]:
+    """The valid assessments of each trace (traces MLflow does not have are left out).
+
+    Raises: TrackingUnavailable.
+    """
+    client = TracingClient(mlflow.get_tracking_uri())
+    try:
+        infos = client.store.batch_get_trace_infos(list(trace_ids))
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+    found: dict[str, list[StoredAssessment]] = {}
+    for info in infos:
+        found[info.trace_id] = [
+            StoredAssessment(
+                assessment_id=a.assessment_id,
+                name=a.name,
+                value=a.expectation.value if a.expectation is not None else a.feedback.value,
+                key=(a.metadata or {}).get(ASSESSMENT_KEY),
+                is_expectation=a.expectation is not None,
+            )
+            for a in (info.assessments or [])
+            if a.valid is not False
+        ]
+    return found

@@ -1,8 +1,7 @@
 """Configuring MLflow once per process, and where traces go.
 
-The experiment is resolved at start-up (`ChatConfig.ready()`), so no trace makes a network call to
-look it up; until it is resolved, turns run untraced rather than wait. Every MLflow HTTP call from
-this process is bounded (timeout, retries).
+The experiment is resolved at start-up (`ChatConfig.ready()`), so no write makes a network call to
+look it up. Every MLflow HTTP call from this process is bounded (timeout, retries).
 """
 
 from __future__ import annotations
@@ -40,7 +39,8 @@ def configure(*, tracking_uri: str | None = None, experiment_name: str | None = 
     """Point MLflow at the tracking store and resolve the experiment; True if tracing is ready.
 
     Called from `ChatConfig.ready()`. When the tracking server is unreachable the app still
-    starts: turns run untraced and a background thread keeps trying to resolve the experiment.
+    starts: turns record their traces in the database as always, and a background thread keeps
+    trying to resolve the experiment (the delivery process needs it; requests do not).
     """
     if not settings.TRACING_ENABLED:
         with _destination.lock:
@@ -96,7 +96,7 @@ def _try_resolve(experiment_name: str, generation: int) -> bool:
         return True
     except Exception as exc:
         logger.warning(
-            "mlflow tracing not ready (turns run untraced until it is) uri=%s error=%s",
+            "mlflow tracing not ready (traces wait in the database until it is) uri=%s error=%s",
             mlflow.get_tracking_uri(),
             short(exc),
         )

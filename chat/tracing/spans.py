@@ -1,32 +1,35 @@
-"""The spans of one chat turn: a root span with who, where and which request, and its children.
+"""The spans of one chat turn, recorded in memory on the request path; no MLflow call here.
 
-Nothing here raises into a chat turn: MLflow trouble is logged and the turn goes on. Trace ids are
-read from the live span inside the traced code, never from `mlflow.get_last_active_trace_id()`
-(process-wide, wrong under threads).
+A turn's trace is recorded as plain data (names, nanosecond timestamps, inputs, outputs) and
+stored in the database with the turn's answer, in the same transaction. The delivery process
+(`manage.py deliver_traces`) writes it to MLflow later with the original timestamps and ids, so a
+tracking-server outage, a full queue or a killed worker cannot lose it, and the request never
+waits on export work. See docs/tracing.md.
 """
 
 from __future__ import annotations
 
 import contextvars
-import logging
+import secrets
+import time
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
-import mlflow
 from django.conf import settings
-from mlflow.entities import SpanType
-from mlflow.tracing.constant import SpanAttributeKey
 
-from chat.tracing.errors import short
-from chat.tracing.setup import deployment_metadata, is_ready
-
-logger = logging.getLogger(__name__)
+from chat.tracing.setup import deployment_metadata
 
 PREVIEW_CHARS = 1000
+PAYLOAD_VERSION = 1
 
-_current_root: contextvars.ContextVar[Span | None] = contextvars.ContextVar(
-    "chat_trace_root", default=None
+# MLflow's span types and attribute keys, as plain strings: this module never imports MLflow.
+CHAIN, MEMORY, CHAT_MODEL = "CHAIN", "MEMORY", "CHAT_MODEL"
+CHAT_USAGE = "mlflow.chat.tokenUsage"
+
+_current: contextvars.ContextVar[TurnTrace | None] = contextvars.ContextVar(
+    "chat_turn_trace", default=None
 )
 
 
@@ -39,29 +42,46 @@ class ChatReply(Protocol):
     completion_tokens: int
 
 
-class Span:
-    """A span that never raises; without a live MLflow span every method does nothing."""
+def new_trace_id() -> str:
+    """MLflow's id format for a trace in an experiment: "tr-" + the 32-hex OpenTelemetry id."""
+    return f"tr-{uuid.uuid4().hex}"
 
-    def __init__(self, live: Any = None):
-        self.live = live
+
+class Span:
+    """One recorded span; without a trace to belong to, every method does nothing."""
+
+    def __init__(self, trace: TurnTrace | None, name: str, span_type: str, parent_id: int | None):
+        self.trace = trace
+        self.span_id = secrets.randbits(63) or 1
+        self.data: dict[str, Any] = {
+            "span_id": self.span_id,
+            "parent_id": parent_id,
+            "name": name,
+            "type": span_type,
+            "start_ns": time.time_ns(),
+            "end_ns": None,
+            "inputs": None,
+            "outputs": None,
+            "attributes": {},
+            "status": "OK",
+            "status_message": "",
+        }
 
     @property
     def trace_id(self) -> str | None:
-        return self.live.trace_id if self.live is not None else None
+        return self.trace.trace_id if self.trace is not None else None
 
     def set_inputs(self, inputs: Any) -> None:
-        self._call("set_inputs", inputs)
+        self.data["inputs"] = inputs
 
     def set_outputs(self, outputs: Any) -> None:
-        self._call("set_outputs", outputs)
+        self.data["outputs"] = outputs
 
     def set_attribute(self, key: str, value: Any) -> None:
-        self._call("set_attribute", key, value)
+        self.data["attributes"][key] = value
 
     def set_status(self, status: str, description: str = "") -> None:
-        from mlflow.entities import SpanStatus, SpanStatusCode
-
-        self._call("set_status", SpanStatus(SpanStatusCode(status), description))
+        self.data["status"], self.data["status_message"] = status, description
 
     def record_reply(self, reply: ChatReply) -> None:
         """An LLM span's answer, in the chat shape MLflow's UI shows, with its token usage."""
@@ -88,44 +108,92 @@ class Span:
             "output_tokens": reply.completion_tokens,
             "total_tokens": total,
         }
-        self.set_attribute(SpanAttributeKey.CHAT_USAGE, usage)
+        self.set_attribute(CHAT_USAGE, usage)
 
-    def _call(self, method: str, *args: Any) -> None:
-        if self.live is None:
-            return
-        try:
-            getattr(self.live, method)(*args)
-        except Exception as exc:
-            logger.warning("mlflow span.%s failed error=%s", method, short(exc))
+    def end(self, error: BaseException | None = None) -> None:
+        if self.data["end_ns"] is None:
+            self.data["end_ns"] = time.time_ns()
+        if error is not None and self.data["status"] == "OK":
+            self.set_status("ERROR", f"{type(error).__name__}: {error}"[:500])
 
 
-@contextmanager
-def _mlflow_span(name: str, span_type: str) -> Iterator[Span]:
-    try:
-        manager = mlflow.start_span(name=name, span_type=span_type)
-        live = manager.__enter__()
-    except Exception as exc:
-        logger.warning("mlflow start_span failed span=%s error=%s", name, short(exc))
-        yield Span(None)
-        return
-    try:
-        yield Span(live)
-    except BaseException as exc:
-        # The span records the error and its trace ends ERROR; the exception goes on to the caller.
-        _end(manager, name, exc)
-        raise
-    _end(manager, name, None)
+class TurnTrace(Span):
+    """The root span of one chat turn, with who asked, where, which request and which deployment.
 
+    Its `payload()` is everything MLflow needs to store the complete trace later.
+    """
 
-def _end(manager: Any, name: str, exc: BaseException | None) -> None:
-    try:
-        if exc is None:
-            manager.__exit__(None, None, None)
-        else:
-            manager.__exit__(type(exc), exc, exc.__traceback__)
-    except BaseException as err:
-        if err is not exc:
-            logger.warning("mlflow span end failed span=%s error=%s", name, short(err))
+    def __init__(
+        self,
+        *,
+        message: str,
+        user_id: int,
+        session_id: str,
+        client_request_id: str,
+        endpoint: str,
+    ):
+        self.trace_id_value = new_trace_id()
+        super().__init__(self, "chat_turn", CHAIN, None)
+        self.spans: list[Span] = [self]
+        self.user_id = str(user_id)
+        self.session_id = session_id
+        self.client_request_id = client_request_id
+        self.metadata = deployment_metadata()
+        self.tags = {**settings.TRACE_TAGS, "endpoint": endpoint}
+        self.request_preview = _clip(message)
+        self.response_preview: str | None = None
+        # Chat-shaped inputs/outputs: the MLflow UI shows them as a conversation.
+        self.set_inputs(
+            {
+                "messages": [{"role": "user", "content": message}],
+                "session_id": session_id,
+                "client_request_id": client_request_id,
+            }
+        )
+
+    @property
+    def trace_id(self) -> str:
+        return self.trace_id_value
+
+    def finish(self, *, response: str) -> None:
+        """Record the turn's answer."""
+        self.set_outputs(
+            {"choices": [{"index": 0, "message": {"role": "assistant", "content": response}}]}
+        )
+        self.response_preview = _clip(response)
+
+    def mark_disconnected(self, *, partial_response: str) -> None:
+        """The client left mid-stream: keep what was generated and say so on the trace."""
+        self.finish(response=partial_response)
+        self.set_attribute("client_disconnected", True)
+        self.set_status("ERROR", "client disconnected before the answer was complete")
+        self.tags["client_disconnected"] = "true"
+
+    def child(self, name: str, span_type: str) -> Span:
+        span = Span(self, name, span_type, self.span_id)
+        self.spans.append(span)
+        return span
+
+    def payload(self) -> dict:
+        """The complete trace as JSON-ready data (call once the root span has ended)."""
+        self.end()
+        for span in self.spans:
+            span.end()
+        return {
+            "v": PAYLOAD_VERSION,
+            "trace_id": self.trace_id,
+            "state": self.data["status"],
+            "start_ns": self.data["start_ns"],
+            "end_ns": self.data["end_ns"],
+            "client_request_id": self.client_request_id,
+            "user": self.user_id,
+            "session": self.session_id,
+            "metadata": self.metadata,
+            "tags": self.tags,
+            "request_preview": self.request_preview,
+            "response_preview": self.response_preview,
+            "spans": [span.data for span in self.spans],
+        }
 
 
 @contextmanager
@@ -136,68 +204,36 @@ def turn_trace(
     session_id: str,
     client_request_id: str,
     endpoint: str,
-) -> Iterator[Span]:
-    """The root span of one chat turn, with who, where, which request and which deployment.
+) -> Iterator[TurnTrace | None]:
+    """Record one chat turn's trace; yields None when tracing is off.
 
-    Yields a `Span` whose `trace_id` is None when tracing is off or not ready.
+    An exception leaving the block ends the root span ERROR (and goes on to the caller).
     """
-    if not is_ready():
-        yield Span(None)
+    if not settings.TRACING_ENABLED:
+        yield None
         return
-    with _mlflow_span("chat_turn", SpanType.CHAIN) as root:
-        token = _current_root.set(root) if root.live is not None else None
-        # Chat-shaped inputs/outputs: the MLflow UI shows them as a conversation, and the SQL
-        # store derives the same previews from them if it sees the spans before our trace info.
-        root.set_inputs(
-            {
-                "messages": [{"role": "user", "content": message}],
-                "session_id": session_id,
-                "client_request_id": client_request_id,
-            }
-        )
-        _update_current_trace(
-            client_request_id=client_request_id,
-            session_id=session_id,
-            user=str(user_id),
-            metadata=deployment_metadata(),
-            tags={**settings.TRACE_TAGS, "endpoint": endpoint},
-            request_preview=_clip(message),
-        )
-        try:
-            yield root
-        finally:
-            if token is not None:
-                _current_root.reset(token)
-
-
-def finish_turn(root: Span, *, response: str) -> None:
-    """Record the turn's answer on its root span (call inside `turn_trace`)."""
-    if root.live is None:
-        return
-    root.set_outputs(
-        {"choices": [{"index": 0, "message": {"role": "assistant", "content": response}}]}
+    trace = TurnTrace(
+        message=message,
+        user_id=user_id,
+        session_id=session_id,
+        client_request_id=client_request_id,
+        endpoint=endpoint,
     )
-    _update_current_trace(response_preview=_clip(response))
-
-
-def mark_disconnected(root: Span, *, partial_response: str) -> None:
-    """The client left mid-stream: keep what was generated and say so on the trace."""
-    if root.live is None:
-        return
-    root.set_outputs(
-        {"choices": [{"index": 0, "message": {"role": "assistant", "content": partial_response}}]}
-    )
-    root.set_attribute("client_disconnected", True)
-    root.set_status("ERROR", "client disconnected before the answer was complete")
-    _update_current_trace(
-        tags={"client_disconnected": "true"}, response_preview=_clip(partial_response)
-    )
+    token = _current.set(trace)
+    try:
+        yield trace
+    except BaseException as exc:
+        trace.end(exc if not isinstance(exc, GeneratorExit) else None)
+        raise
+    finally:
+        _current.reset(token)
+    trace.end()
 
 
 @contextmanager
 def history_span(*, session_id: str) -> Iterator[Span]:
     """Loading the conversation's history for the prompt (a MEMORY span)."""
-    with _child_span("load_history", SpanType.MEMORY) as span:
+    with _child_span("load_history", MEMORY) as span:
         span.set_inputs({"session_id": session_id})
         yield span
 
@@ -205,7 +241,7 @@ def history_span(*, session_id: str) -> Iterator[Span]:
 @contextmanager
 def llm_span(*, messages: Sequence[dict], model: str) -> Iterator[Span]:
     """One call to the LLM (a CHAT_MODEL span); record its answer with `span.record_reply`."""
-    with _child_span("llm", SpanType.CHAT_MODEL) as span:
+    with _child_span("llm", CHAT_MODEL) as span:
         span.set_inputs({"messages": list(messages), "model": model})
         yield span
 
@@ -213,18 +249,14 @@ def llm_span(*, messages: Sequence[dict], model: str) -> Iterator[Span]:
 @contextmanager
 def _child_span(name: str, span_type: str) -> Iterator[Span]:
     """A span inside the current turn's trace; a no-op outside one."""
-    if _current_root.get() is None:
-        yield Span(None)
-        return
-    with _mlflow_span(name, span_type) as span:
-        yield span
-
-
-def _update_current_trace(**fields: Any) -> None:
+    trace = _current.get()
+    span = trace.child(name, span_type) if trace is not None else Span(None, name, span_type, None)
     try:
-        mlflow.update_current_trace(**fields)
-    except Exception as exc:
-        logger.warning("mlflow update_current_trace failed error=%s", short(exc))
+        yield span
+    except BaseException as exc:
+        span.end(exc if not isinstance(exc, GeneratorExit) else None)
+        raise
+    span.end()
 
 
 def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:

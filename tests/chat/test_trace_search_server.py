@@ -3,7 +3,7 @@
 import pytest
 
 from chat import tracing
-from tests.conftest import token_client
+from tests.conftest import deliver_traces, token_client
 from tests.factories import UserFactory
 from tests.mlflow_server import MlflowServer
 
@@ -22,7 +22,7 @@ def test_search_through_a_tracking_server(tmp_path, staff_api, deliver_until_set
         url = f"/api/messages/{mine[0]['message_id']}/feedback/"
         c.put(url, {"is_correct": False}, format="json")
         deliver_until_settled()
-        tracing.flush()
+        deliver_traces()
 
         def found(params):
             response = staff_api.get("/api/traces/", params)

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from chat import tracing
-from chat.models import Turn
+from chat.models import TraceExport, Turn
 
 pytestmark = pytest.mark.django_db
 
@@ -15,7 +15,9 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_an_unreachable_tracking_server_neither_blocks_start_up_nor_breaks_a_turn(api, settings):
+def test_an_unreachable_tracking_server_neither_blocks_start_up_nor_loses_a_turns_trace(
+    api, settings
+):
     settings.MLFLOW_HTTP_REQUEST_TIMEOUT = 2
     started = time.monotonic()
     ready = tracing.configure(
@@ -27,9 +29,14 @@ def test_an_unreachable_tracking_server_neither_blocks_start_up_nor_breaks_a_tur
     response = api.post("/api/chat/", {"message": "still there?"}, format="json")
 
     assert response.status_code == 200
-    assert response.json()["trace_id"] is None
     assert response.json()["response"].startswith("You asked")
-    assert Turn.objects.get().status == Turn.Status.COMPLETED
+    turn = Turn.objects.get()
+    assert turn.status == Turn.Status.COMPLETED
+    # The trace is recorded with the answer and waits in the database for MLflow.
+    assert response.json()["trace_id"] == turn.trace_id
+    export = TraceExport.objects.get(turn=turn)
+    assert export.trace_id == turn.trace_id and export.state == TraceExport.State.PENDING
+    assert export.payload["client_request_id"] == turn.client_request_id
 
 
 def test_tracing_switched_off_by_setting_answers_untraced(api, settings, find_traces):

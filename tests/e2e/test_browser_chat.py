@@ -9,6 +9,7 @@ from playwright.sync_api import expect
 
 from chat.models import Turn
 from feedback import selectors, services
+from tests.conftest import deliver_traces
 from tests.factories import UserFactory
 from tests.llm_server import FakeOpenAIServer
 
@@ -18,6 +19,7 @@ SCREENSHOTS = os.environ.get("SCREENSHOT_DIR")
 
 
 def deliver_all(timeout=30.0):
+    deliver_traces(timeout)  # what the trace worker does: feedback waits for its trace
     deadline = time.monotonic() + timeout
     while selectors.feedback_pending().exists():
         assert time.monotonic() < deadline

@@ -7,6 +7,7 @@ import pytest
 from chat import tracing
 from feedback import services
 from feedback.models import Feedback
+from tests.conftest import deliver_traces
 from tests.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
@@ -26,7 +27,7 @@ def test_feedback_survives_a_tracking_server_outage(
     settings.FEEDBACK_RETRY_BASE_S = settings.FEEDBACK_RETRY_MAX_S = 600  # far past the outage...
     assert tracing.configure(tracking_uri=mlflow_server.url, experiment_name="outage")
     turn = turn_of(**{"X-Request-ID": "req-outage"})
-    tracing.flush()  # the trace reaches the server before it goes down
+    deliver_traces()  # the trace reaches the server before it goes down
     mlflow_server.stop()
 
     started = time.monotonic()
@@ -59,22 +60,25 @@ def test_feedback_survives_a_tracking_server_outage(
     assert assessment.source.source_id == str(user.id)
 
 
-def test_the_app_resolves_the_experiment_once_the_server_comes_up(api, tmp_path, monkeypatch):
-    monkeypatch.setattr(tracing, "RESOLVE_RETRY_INTERVAL_S", 0.5)
+def test_turns_before_the_server_comes_up_get_their_traces_once_it_does(api, tmp_path, monkeypatch):
+    monkeypatch.setattr(tracing.setup, "RESOLVE_RETRY_INTERVAL_S", 0.5)
     server = MlflowServer(tmp_path / "late-server")
     assert tracing.configure(tracking_uri=server.url, experiment_name="late") is False
-    assert api.post("/api/chat/", {"message": "early"}, format="json").json()["trace_id"] is None
+    early = api.post("/api/chat/", {"message": "early"}, format="json").json()
+    assert early["trace_id"] is not None  # recorded now, delivered once MLflow is there
     server.start()
     try:
         deadline = time.monotonic() + 30
         while not tracing.is_ready():
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        body = api.post("/api/chat/", {"message": "later"}, format="json").json()
-        assert body["trace_id"] is not None
-        tracing.flush()
+        later = api.post("/api/chat/", {"message": "later"}, format="json").json()
+        deliver_traces()
         import mlflow
 
-        assert mlflow.MlflowClient().get_trace(body["trace_id"]).info.client_request_id
+        for body in (early, later):
+            info = mlflow.MlflowClient().get_trace(body["trace_id"]).info
+            assert info.client_request_id == body["client_request_id"]
+            assert info.request_preview == ("early" if body is early else "later")
     finally:
         server.stop()

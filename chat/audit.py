@@ -1,0 +1,124 @@
+"""Checking MLflow against the database, which is the source of truth, and repairing it.
+
+`manage.py audit_traces` (feedback app) calls these for traces, and feedback's own audit for
+assessments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from chat import tracing
+from chat.models import TraceExport, Turn
+
+logger = logging.getLogger(__name__)
+
+BATCH = 100
+Progress = Callable[[str, int, int], None] | None
+
+
+@dataclass
+class TraceAudit:
+    checked: int = 0
+    problems: dict[str, str] = field(default_factory=dict)  # trace id -> what is wrong
+    without_turn: list[str] = field(default_factory=list)
+    pending: int = 0  # not delivered yet (the worker is on it): visible, not wrong
+    overdue: list[str] = field(default_factory=list)  # pending for longer than a minute
+    failed: list[str] = field(default_factory=list)  # MLflow refused them; repair retries
+    abandoned_turns: list[int] = field(default_factory=list)  # pending turns past the bound
+
+    @property
+    def ok(self) -> bool:
+        wrong = (self.problems, self.without_turn, self.overdue, self.failed)
+        return not any(wrong) and not self.abandoned_turns
+
+
+def traces_audit(*, since: datetime | None = None, progress: Progress = None) -> TraceAudit:
+    """Every exported trace checked in MLflow (present, complete, right ids and metadata).
+
+    Raises: tracing.TrackingUnavailable.
+    """
+    audit = TraceAudit()
+    exports = TraceExport.objects.all()
+    turns = Turn.objects.all()
+    if since is not None:
+        exports = exports.filter(created_at__gte=since)
+        turns = turns.filter(created_at__gte=since)
+    overdue_before = timezone.now() - timedelta(seconds=60)
+    pending = exports.filter(state=TraceExport.State.PENDING)
+    audit.pending = pending.count()
+    audit.overdue = list(
+        pending.filter(created_at__lt=overdue_before).values_list("trace_id", flat=True)
+    )
+    audit.failed = list(
+        exports.filter(state=TraceExport.State.FAILED).values_list("trace_id", flat=True)
+    )
+    abandoned_before = timezone.now() - timedelta(seconds=settings.TURN_ABANDONED_AFTER_S)
+    audit.abandoned_turns = list(
+        turns.filter(status=Turn.Status.PENDING, started_at__lt=abandoned_before).values_list(
+            "id", flat=True
+        )
+    )
+
+    exported = exports.filter(state=TraceExport.State.EXPORTED).order_by("id")
+    total = exported.count()
+    rows = exported.values_list("trace_id", "payload").iterator(chunk_size=BATCH)
+    batch: dict[str, dict] = {}
+    for trace_id, payload in rows:
+        batch[trace_id] = payload
+        if len(batch) == BATCH:
+            _check(batch, audit, total, progress)
+            batch = {}
+    if batch:
+        _check(batch, audit, total, progress)
+
+    since_ms = int(since.timestamp() * 1000) if since else None
+    known = set(TraceExport.objects.values_list("trace_id", flat=True))
+    known |= set(Turn.objects.exclude(trace_id="").values_list("trace_id", flat=True))
+    in_mlflow = tracing.experiment_trace_ids(since_ms=since_ms)
+    audit.without_turn = [t for t in in_mlflow if t not in known]
+    return audit
+
+
+def _check(batch: dict[str, dict], audit: TraceAudit, total: int, progress: Progress) -> None:
+    found = tracing.trace_problems(list(batch), batch)
+    audit.problems.update({t: problem for t, problem in found.items() if problem})
+    audit.checked += len(batch)
+    if progress:
+        progress("traces", audit.checked, total)
+
+
+def traces_repair(audit: TraceAudit, *, progress: Progress = None) -> int:
+    """Write again, from the database, every trace the audit found wrong, missing or stuck.
+
+    A half-written or wrong trace is deleted first, so the rewrite leaves no stale spans or keys.
+    Traces without a turn are reported, never deleted: they may be someone's evidence.
+    Returns how many traces were written. Raises: tracing.TrackingUnavailable.
+    """
+    to_write = [*audit.problems, *audit.overdue, *audit.failed]
+    tracing.delete_traces([t for t, p in audit.problems.items() if p != "missing"])
+    written = 0
+    for start in range(0, len(to_write), BATCH):
+        chunk = to_write[start : start + BATCH]
+        rows = list(TraceExport.objects.filter(trace_id__in=chunk))
+        errors = tracing.write_traces([row.payload for row in rows])
+        done = [row.pk for row in rows if row.trace_id not in errors]
+        now = timezone.now()
+        TraceExport.objects.filter(pk__in=done).update(
+            state=TraceExport.State.EXPORTED,
+            exported_at=now,
+            repaired_at=now,
+            last_error="",
+            leased_until=None,
+            lease_owner="",
+        )
+        written += len(done)
+        if progress:
+            progress("repaired", written, len(to_write))
+    return written

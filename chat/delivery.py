@@ -1,0 +1,145 @@
+"""Writes: delivering recorded traces to MLflow, and closing turns whose worker died.
+
+The delivery process (`manage.py deliver_traces --loop`) calls these. Several may run at once, on
+several machines, against one database: a pass claims its rows with one conditional UPDATE (a
+lease with this pass's token), so no two passes write the same row at the same time, and a
+crashed pass's rows are taken over when its lease expires. Writing a trace is an upsert, so a
+takeover after a crash mid-write adds nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import F, Q
+from django.utils import timezone
+
+from chat import tracing
+from chat.models import TraceExport, Turn
+
+logger = logging.getLogger(__name__)
+
+LEASE_S = 120  # longer than any write of one batch; a crashed deliverer's rows wait this long
+
+
+def due(now: datetime) -> Q:
+    """Rows whose next attempt is due and that no deliverer holds a lease on."""
+    return (Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now)) & (
+        Q(leased_until__isnull=True) | Q(leased_until__lt=now)
+    )
+
+
+def trace_deliver_due(*, limit: int | None = None) -> Counter:
+    """Write one batch of due traces to MLflow; returns counts by outcome.
+
+    Outcomes: exported, retry (MLflow did not take it; tried again with backoff), failed (MLflow
+    refused it TRACE_MAX_ATTEMPTS times; counted and visible, `audit_traces --repair` retries).
+    """
+    limit = limit or settings.TRACE_DELIVERY_BATCH
+    now = timezone.now()
+    pending = TraceExport.objects.filter(state=TraceExport.State.PENDING)
+    ids = list(pending.filter(due(now)).order_by("id").values_list("id", flat=True)[:limit])
+    if not ids:
+        return Counter()
+    owner = uuid.uuid4().hex
+    pending.filter(due(now), pk__in=ids).update(
+        leased_until=now + timedelta(seconds=LEASE_S),
+        lease_owner=owner,
+        attempts=F("attempts") + 1,
+    )
+    rows = list(TraceExport.objects.filter(lease_owner=owner, pk__in=ids))
+    if not rows:
+        return Counter()
+    try:
+        errors = tracing.write_traces([row.payload for row in rows])
+    except tracing.TrackingUnavailable as exc:
+        _retry_later(rows, owner, f"TrackingUnavailable: {exc}", outage=True)
+        return Counter(retry=len(rows))
+    done = [row.pk for row in rows if row.trace_id not in errors]
+    TraceExport.objects.filter(pk__in=done, lease_owner=owner).update(
+        state=TraceExport.State.EXPORTED,
+        exported_at=timezone.now(),
+        leased_until=None,
+        lease_owner="",
+        last_error="",
+        next_attempt_at=None,
+    )
+    counts = Counter(exported=len(done))
+    for row in rows:
+        if row.trace_id in errors:
+            counts[_retry_later([row], owner, errors[row.trace_id], outage=False)] += 1
+    return counts
+
+
+def _retry_later(rows: list[TraceExport], owner: str, error: str, *, outage: bool) -> str:
+    """Back off; an outage is waited out for as long as it lasts, a refusal only so many times."""
+    outcome = "retry"
+    for row in rows:
+        attempts = row.attempts
+        delay = min(
+            settings.TRACE_RETRY_BASE_S * 2 ** max(attempts - 1, 0), settings.TRACE_RETRY_MAX_S
+        )
+        fields = {
+            "leased_until": None,
+            "lease_owner": "",
+            "last_error": error[:2000],
+            "next_attempt_at": timezone.now() + timedelta(seconds=delay),
+        }
+        if not outage and attempts >= settings.TRACE_MAX_ATTEMPTS:
+            fields.update(state=TraceExport.State.FAILED, next_attempt_at=None)
+            outcome = "failed"
+        TraceExport.objects.filter(pk=row.pk, lease_owner=owner).update(**fields)
+    log = logger.error if outcome == "failed" else logger.info
+    log("trace delivery %s traces=%s error=%s", outcome, len(rows), error[:200])
+    return outcome
+
+
+def trace_retry(*, trace_ids: list[str] | None = None) -> int:
+    """Queue failed traces (or these traces, whatever their state) for delivery now."""
+    rows = TraceExport.objects.all()
+    rows = (
+        rows.filter(trace_id__in=trace_ids)
+        if trace_ids is not None
+        else rows.filter(state=TraceExport.State.FAILED)
+    )
+    return rows.update(
+        state=TraceExport.State.PENDING, attempts=0, next_attempt_at=None, last_error=""
+    )
+
+
+def trace_resume_after_outage() -> int:
+    """When the tracking store answers again, deliver at once what was backing off."""
+    now = timezone.now()
+    waiting = TraceExport.objects.filter(
+        state=TraceExport.State.PENDING,
+        last_error__startswith="TrackingUnavailable",
+        next_attempt_at__gt=now,
+    )
+    if not waiting.exists() or not tracing.tracking_reachable():
+        return 0
+    return waiting.update(next_attempt_at=now)
+
+
+def turn_close_abandoned() -> list[int]:
+    """Close turns whose worker died mid-answer (pending past TURN_ABANDONED_AFTER_S).
+
+    They become failed, so a client retry with the same X-Request-ID answers them. Returns their
+    ids (for the worker's log).
+    """
+    cutoff = timezone.now() - timedelta(seconds=settings.TURN_ABANDONED_AFTER_S)
+    stale = Turn.objects.filter(status=Turn.Status.PENDING, started_at__lt=cutoff)
+    ids = list(stale.values_list("id", flat=True)[:1000])
+    if ids:
+        stale.filter(pk__in=ids).update(
+            status=Turn.Status.FAILED,
+            error=(
+                "Abandoned: the worker answering it stopped "
+                f"(no answer {settings.TURN_ABANDONED_AFTER_S:.0f} s after it started)."
+            ),
+        )
+        logger.warning("closed abandoned turns count=%s ids=%s", len(ids), ids[:20])
+    return ids

@@ -1,0 +1,220 @@
+"""Writing recorded traces to MLflow: complete, with their original ids and timestamps.
+
+Called by the delivery process only, never on a request. The write is what MLflow's own exporter
+does (spans first, then the trace info, which acts as the commit marker), but synchronous, so
+failures reach the caller instead of a log line, and it is an upsert keyed by the trace id and
+span ids we chose when recording, so writing the same trace again adds nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import mlflow
+from mlflow.entities import Span, SpanStatus, TraceInfo, TraceLocation, TraceState
+from mlflow.exceptions import MlflowException
+from mlflow.store.tracking.rest_store import RestStore
+from mlflow.tracing.client import TracingClient
+from mlflow.tracing.constant import (
+    TRACE_SCHEMA_VERSION,
+    TRACE_SCHEMA_VERSION_KEY,
+    SpanAttributeKey,
+    TraceMetadataKey,
+    TraceTagKey,
+)
+from mlflow.tracing.utils import build_otel_context, dump_span_attribute_value
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan
+
+from chat.tracing.errors import TrackingUnavailable, short
+from chat.tracing.setup import experiment_id
+
+logger = logging.getLogger(__name__)
+
+WRITE_THREADS = 4
+
+
+def _span(trace_id: str, data: dict) -> Span:
+    otel_trace_id = int(trace_id[3:], 16)
+    attributes = {
+        SpanAttributeKey.REQUEST_ID: trace_id,
+        SpanAttributeKey.SPAN_TYPE: data["type"],
+        SpanAttributeKey.INPUTS: data["inputs"],
+        SpanAttributeKey.OUTPUTS: data["outputs"],
+        **data["attributes"],
+    }
+    parent = data["parent_id"]
+    status = data["status"]
+    message = data["status_message"] if status == "ERROR" else ""
+    otel = ReadableSpan(
+        name=data["name"],
+        context=build_otel_context(otel_trace_id, data["span_id"]),
+        parent=build_otel_context(otel_trace_id, parent) if parent else None,
+        start_time=data["start_ns"],
+        end_time=data["end_ns"],
+        attributes={k: dump_span_attribute_value(v) for k, v in attributes.items()},
+        status=SpanStatus(status, message).to_otel_status(),
+        # An empty resource: otherwise OpenTelemetry's host resource lands in the trace's tags.
+        resource=Resource.get_empty(),
+    )
+    return Span(otel)
+
+
+def build(payload: dict, exp_id: str) -> tuple[TraceInfo, list[Span]]:
+    """MLflow's entities for one recorded trace (see `spans.TurnTrace.payload`)."""
+    trace_id = payload["trace_id"]
+    spans = [_span(trace_id, data) for data in payload["spans"]]
+    metadata = {
+        TRACE_SCHEMA_VERSION_KEY: str(TRACE_SCHEMA_VERSION),
+        TraceMetadataKey.TRACE_USER: payload["user"],
+        TraceMetadataKey.TRACE_SESSION: payload["session"],
+        **payload["metadata"],
+    }
+    usage = [s["attributes"].get(SpanAttributeKey.CHAT_USAGE) for s in payload["spans"]]
+    usage = [u for u in usage if u]
+    if usage:
+        metadata[TraceMetadataKey.TOKEN_USAGE] = json.dumps(
+            {k: sum(u.get(k, 0) for u in usage) for k in usage[0]}
+        )
+    info = TraceInfo(
+        trace_id=trace_id,
+        trace_location=TraceLocation.from_experiment_id(exp_id),
+        request_time=payload["start_ns"] // 1_000_000,
+        execution_duration=(payload["end_ns"] - payload["start_ns"]) // 1_000_000,
+        state=TraceState(payload["state"]),
+        client_request_id=payload["client_request_id"],
+        request_preview=payload["request_preview"],
+        response_preview=payload["response_preview"],
+        trace_metadata=metadata,
+        tags={TraceTagKey.TRACE_NAME: "chat_turn", **payload["tags"]},
+    )
+    return info, spans
+
+
+def write_traces(payloads: Sequence[dict]) -> dict[str, str]:
+    """Write these recorded traces to MLflow; returns {trace_id: error} for those that failed.
+
+    All spans go in one call; then each trace info (the commit marker) in a few threads.
+    Raises: TrackingUnavailable when the tracking store is not configured or refused the spans.
+    """
+    exp_id = experiment_id()
+    if exp_id is None:
+        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    client = TracingClient(mlflow.get_tracking_uri())
+    built = [build(payload, exp_id) for payload in payloads]
+    try:
+        client.log_spans(exp_id, [span for _, spans in built for span in spans])
+    except NotImplementedError as exc:
+        # The REST store raises this when it could not ask the server its version, and caches
+        # that answer for good: clear it so the next attempt asks again.
+        RestStore._get_server_version.cache_clear()
+        raise TrackingUnavailable(f"the tracking server did not answer: {short(exc)}") from exc
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+
+    def commit(info: TraceInfo) -> tuple[str, str]:
+        try:
+            stored = client.start_trace(info)
+        except Exception as exc:
+            return info.trace_id, short(exc)
+        if stored.state != info.state:
+            return info.trace_id, f"stored state {stored.state} != {info.state}"
+        return info.trace_id, ""
+
+    infos = [info for info, _ in built]
+    if len(infos) == 1:
+        results = [commit(infos[0])]
+    else:
+        with ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="trace-commit") as pool:
+            results = list(pool.map(commit, infos))
+    return {trace_id: error for trace_id, error in results if error}
+
+
+def trace_problems(trace_ids: Sequence[str], expected: dict[str, dict]) -> dict[str, str]:
+    """What is wrong with each stored trace compared with its recorded payload ("" when right).
+
+    Checks it exists, is finished (not IN_PROGRESS), has all its spans, and carries the right
+    client request id, user, session, deployment metadata and tags.
+    Raises: TrackingUnavailable.
+    """
+    client = TracingClient(mlflow.get_tracking_uri())
+    problems: dict[str, str] = {}
+    try:
+        traces = {t.info.trace_id: t for t in client.batch_get_traces(list(trace_ids))}
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+    for trace_id in trace_ids:
+        trace, payload = traces.get(trace_id), expected[trace_id]
+        if trace is None:
+            problems[trace_id] = "missing"
+            continue
+        problems[trace_id] = _compare(trace, payload)
+    return problems
+
+
+def _compare(trace, payload: dict) -> str:
+    info = trace.info
+    state = str(getattr(info.state, "value", info.state))
+    if state != payload["state"]:
+        return f"half-written (state {state}, expected {payload['state']})"
+    if len(trace.data.spans) != len(payload["spans"]):
+        return f"half-written ({len(trace.data.spans)} of {len(payload['spans'])} spans)"
+    metadata = info.trace_metadata or {}
+    wanted = {
+        "client_request_id": (info.client_request_id, payload["client_request_id"]),
+        "user": (metadata.get(TraceMetadataKey.TRACE_USER), payload["user"]),
+        "session": (metadata.get(TraceMetadataKey.TRACE_SESSION), payload["session"]),
+        **{f"metadata {k}": (metadata.get(k), v) for k, v in payload["metadata"].items()},
+        **{f"tag {k}": ((info.tags or {}).get(k), v) for k, v in payload["tags"].items()},
+    }
+    wrong = [name for name, (have, want) in wanted.items() if str(have) != str(want)]
+    return f"wrong {', '.join(wrong)}" if wrong else ""
+
+
+def delete_traces(trace_ids: Sequence[str]) -> int:
+    """Remove traces from the experiment (to rewrite a half-written one cleanly).
+
+    Raises: TrackingUnavailable.
+    """
+    exp_id = experiment_id()
+    if exp_id is None or not trace_ids:
+        return 0
+    try:
+        return TracingClient(mlflow.get_tracking_uri()).delete_traces(
+            experiment_id=exp_id, trace_ids=list(trace_ids)
+        )
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+
+
+def experiment_trace_ids(*, since_ms: int | None = None) -> list[str]:
+    """Every trace id in the app's experiment (since a time): to find traces without a turn.
+
+    Raises: TrackingUnavailable.
+    """
+    exp_id = experiment_id()
+    if exp_id is None:
+        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    client = TracingClient(mlflow.get_tracking_uri())
+    found, token = [], None
+    filter_string = f"attributes.timestamp_ms >= {int(since_ms)}" if since_ms else None
+    try:
+        while True:
+            page = client.search_traces(
+                locations=[exp_id],
+                filter_string=filter_string,
+                max_results=500,
+                page_token=token,
+                include_spans=False,
+            )
+            found += [t.info.trace_id for t in page]
+            token = page.token
+            if not token:
+                return found
+    except MlflowException as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
