@@ -5,13 +5,14 @@ from datetime import datetime
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import QuerySet
+from django.db.models import Count, Min, Q, QuerySet, Sum
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 
 from chat import tracing
 from chat.exceptions import TracesUnavailable
 from chat.llm import ChatMessage
-from chat.models import ChatSession, Message, Turn
+from chat.models import ChatSession, Message, TraceExport, Turn
 
 
 def session_list(*, user: AbstractBaseUser) -> QuerySet[ChatSession]:
@@ -115,3 +116,43 @@ def trace_search(
         raise TracesUnavailable(
             "Trace search needs the MLflow tracking server, which did not answer; retry shortly."
         ) from exc
+
+
+LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+def trace_backlog() -> dict:
+    """Traces by delivery state, how many were repaired, and the oldest one still waiting."""
+    by_state = dict(
+        TraceExport.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n")
+    )
+    oldest = TraceExport.objects.filter(state=TraceExport.State.PENDING).aggregate(
+        oldest=Min("created_at")
+    )["oldest"]
+    return {
+        "pending": by_state.get(TraceExport.State.PENDING, 0),
+        "exported": by_state.get(TraceExport.State.EXPORTED, 0),
+        "failed": by_state.get(TraceExport.State.FAILED, 0),
+        "repaired": TraceExport.objects.filter(repaired_at__isnull=False).count(),
+        "oldest_pending_age_s": (timezone.now() - oldest).total_seconds() if oldest else 0.0,
+    }
+
+
+def turn_stats() -> dict:
+    """Turns by status, abandoned ones, and answer latency as cumulative bucket counts (ms)."""
+    by_status = dict(
+        Turn.objects.values_list("status").annotate(n=Count("id")).values_list("status", "n")
+    )
+    answered = Turn.objects.filter(latency_ms__isnull=False)
+    aggregates = answered.aggregate(
+        count=Count("id"),
+        total_ms=Sum("latency_ms"),
+        **{f"le_{b}": Count("id", filter=Q(latency_ms__lte=b)) for b in LATENCY_BUCKETS_MS},
+    )
+    return {
+        "by_status": by_status,
+        "abandoned": Turn.objects.filter(error__startswith="Abandoned").count(),
+        "latency_buckets": [(b, aggregates[f"le_{b}"]) for b in LATENCY_BUCKETS_MS],
+        "latency_count": aggregates["count"],
+        "latency_sum_ms": aggregates["total_ms"] or 0,
+    }

@@ -5,6 +5,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.apis import ChatApi
+from chatproject.ops import health, metrics
 from chatproject.pages import chat_page
 from feedback.apis import SeedFeedbackApi
 from feedback.views import feedback_report_page
@@ -19,6 +20,8 @@ urlpatterns = [
     # The seed's endpoint, kept for its clients; same handling as /api/chat/.
     path("chat", ChatApi.as_view(), {"endpoint": "seed_chat"}, name="seed-chat"),
     path("chat_feedback", SeedFeedbackApi.as_view(), name="seed-chat-feedback"),
+    path("health/", health, name="health"),
+    path("metrics", metrics, name="metrics"),
     # The web page.
     path("", RedirectView.as_view(pattern_name="chat-home"), name="home"),
     path("chat/", chat_page, name="chat-home"),

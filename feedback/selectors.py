@@ -148,3 +148,13 @@ def feedback_by_turn(*, user: AbstractBaseUser, session) -> dict[int, Feedback]:
     """The user's live feedback on each turn of a session, by turn id (one query)."""
     rows = Feedback.objects.filter(user=user, turn__session=session, withdrawn=False)
     return {f.turn_id: f for f in rows}
+
+
+def feedback_backlog() -> dict:
+    """Feedback by delivery state."""
+    by_state = dict(
+        Feedback.objects.values_list("delivery_state")
+        .annotate(n=Count("id"))
+        .values_list("delivery_state", "n")
+    )
+    return {state: by_state.get(state, 0) for state in Feedback.Delivery.values}

@@ -41,6 +41,7 @@ from chat.tracing.setup import (
     experiment_id,
     flush,
     is_ready,
+    tracking_health,
     tracking_reachable,
 )
 from chat.tracing.spans import Span, TurnTrace, history_span, llm_span, turn_trace
@@ -77,6 +78,7 @@ __all__ = [
     "trace_link_html",
     "trace_problems",
     "trace_ui_url",
+    "tracking_health",
     "tracking_reachable",
     "turn_trace",
     "ui_link_html",

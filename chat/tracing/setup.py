@@ -159,3 +159,25 @@ def deployment_metadata() -> dict[str, str]:
         "deployment_id": settings.DEPLOYMENT_ID,
         "region": settings.REGION,
     }
+
+
+_health_cache: dict[str, tuple[float, bool]] = {}
+
+
+def tracking_health(*, timeout_s: float = 1.0, cache_s: float = 5.0) -> bool:
+    """Is the tracking store answering? Cheap and bounded, for /health/ (cached a few seconds)."""
+    uri = mlflow.get_tracking_uri()
+    cached = _health_cache.get(uri)
+    if cached and time.monotonic() - cached[0] < cache_s:
+        return cached[1]
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            healthy = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).ok
+        except requests.RequestException:
+            healthy = False
+    else:
+        healthy = tracking_reachable()
+    _health_cache[uri] = (time.monotonic(), healthy)
+    return healthy
