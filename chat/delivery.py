@@ -23,8 +23,6 @@ from chat.models import TraceExport, Turn
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 120  # longer than any write of one batch; a crashed deliverer's rows wait this long
-
 
 def due(now: datetime) -> Q:
     """Rows whose next attempt is due and that no deliverer holds a lease on."""
@@ -47,7 +45,7 @@ def trace_deliver_due(*, limit: int | None = None) -> Counter:
         return Counter()
     owner = uuid.uuid4().hex
     pending.filter(due(now), pk__in=ids).update(
-        leased_until=now + timedelta(seconds=LEASE_S),
+        leased_until=now + timedelta(seconds=settings.TRACE_LEASE_S),
         lease_owner=owner,
         attempts=F("attempts") + 1,
     )

@@ -185,6 +185,7 @@ FEEDBACK_POLL_INTERVAL_S = env.float("FEEDBACK_POLL_INTERVAL_S", default=0.5)
 FEEDBACK_DELIVERY_THREADS = env.int("FEEDBACK_DELIVERY_THREADS", default=4)
 # While feedback waits out an outage, the worker checks this often whether MLflow is back.
 FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
+FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
 
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")
@@ -197,5 +198,8 @@ TRACE_RETRY_BASE_S = env.float("TRACE_RETRY_BASE_S", default=1.0)
 TRACE_RETRY_MAX_S = env.float("TRACE_RETRY_MAX_S", default=10.0)
 # A trace MLflow keeps refusing (not an outage) is marked failed after this many attempts.
 TRACE_MAX_ATTEMPTS = env.int("TRACE_MAX_ATTEMPTS", default=20)
+# A deliverer's claim on a batch: longer than one write takes; a killed deliverer's rows wait this
+# long before another takes them over (writes are idempotent, so an overlap does no harm).
+TRACE_LEASE_S = env.float("TRACE_LEASE_S", default=30.0)
 # A turn still pending this long after it started lost its worker: the delivery process closes it.
 TURN_ABANDONED_AFTER_S = env.float("TURN_ABANDONED_AFTER_S", default=LLM_TIMEOUT_S * 2 + 30)

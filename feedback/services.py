@@ -31,7 +31,6 @@ from feedback.models import Feedback
 
 logger = logging.getLogger(__name__)
 
-LEASE_S = 120  # a crashed deliverer's claim expires after this long
 UNSET = object()
 
 
@@ -110,7 +109,10 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     claimed = (
         selectors.feedback_pending()
         .filter(selectors.deliverable(now), pk=feedback_id)
-        .update(leased_until=now + timedelta(seconds=LEASE_S), attempts=F("attempts") + 1)
+        .update(
+            leased_until=now + timedelta(seconds=settings.FEEDBACK_LEASE_S),
+            attempts=F("attempts") + 1,
+        )
     )
     if not claimed:
         return None
