@@ -4,9 +4,9 @@
 
     .venv/bin/python bench/feedback_latency.py --rate 0    # everything at once
 
-Starts a real `mlflow server` (SQLite) and the real delivery worker process
-(`manage.py deliver_feedback --loop`), as `make run` does. Each feedback is sent right after
-its turn, while the turn's trace is typically still in MLflow's export queue. Then the
+Starts a real `mlflow server` (SQLite) and the real delivery worker processes
+(`manage.py deliver_traces --loop` and `deliver_feedback --loop`), as `make run` does. Each
+feedback is sent right after its turn, while the turn's trace is typically not in MLflow yet. Then the
 server is stopped, more feedback is sent, and the server is started again.
 """
 
@@ -42,10 +42,16 @@ def main() -> None:
     from _setup import boot_django, token_client
 
     boot_django()
-    from chat import tracing
     from feedback.models import Feedback
 
     user, client = token_client("bench-fb")
+    # Feedback is delivered once its turn's trace is in MLflow: both workers, as `make run`.
+    trace_worker = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "deliver_traces", "--loop"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     worker = subprocess.Popen(
         [sys.executable, str(ROOT / "manage.py"), "deliver_feedback", "--loop"],
         cwd=ROOT,
@@ -77,7 +83,6 @@ def main() -> None:
             (f.delivered_at - f.updated_at).total_seconds() * 1000 for f in Feedback.objects.all()
         ]
 
-        tracing.flush()
         server.stop()
         print("mlflow server stopped", flush=True)
         down_ms = []
@@ -96,8 +101,9 @@ def main() -> None:
         wait_delivered(Feedback, args.feedbacks, timeout=180)
         recovered_s = time.monotonic() - restarted
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        for process in (worker, trace_worker):
+            process.terminate()
+            process.wait(timeout=30)
         server.stop()
 
     print()
