@@ -6,8 +6,8 @@
 
 Starts a real `mlflow server` (SQLite) and the real delivery worker processes
 (`manage.py deliver_traces --loop` and `deliver_feedback --loop`), as `make run` does. Each
-feedback is sent right after its turn, while the turn's trace is typically not in MLflow yet. Then the
-server is stopped, more feedback is sent, and the server is started again.
+feedback is sent right after its turn, while the turn's trace is typically not in MLflow yet.
+Then the server is stopped, more feedback is sent, and the server is started again.
 """
 
 import argparse
