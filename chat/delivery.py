@@ -15,6 +15,7 @@ from collections import Counter
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
@@ -40,15 +41,23 @@ def trace_deliver_due(*, limit: int | None = None) -> Counter:
     limit = limit or settings.TRACE_DELIVERY_BATCH
     now = timezone.now()
     pending = TraceExport.objects.filter(state=TraceExport.State.PENDING)
-    ids = list(pending.filter(due(now)).order_by("id").values_list("id", flat=True)[:limit])
-    if not ids:
-        return Counter()
     owner = uuid.uuid4().hex
-    pending.filter(due(now), pk__in=ids).update(
-        leased_until=now + timedelta(seconds=settings.TRACE_LEASE_S),
-        lease_owner=owner,
-        attempts=F("attempts") + 1,
-    )
+    with transaction.atomic():
+        # SKIP LOCKED (PostgreSQL): concurrent deliverers take different rows instead of racing
+        # for the same ones; the conditional UPDATE below is what guarantees one owner anyway.
+        ids = list(
+            pending.filter(due(now))
+            .order_by("id")
+            .select_for_update(skip_locked=True)
+            .values_list("id", flat=True)[:limit]
+        )
+        if not ids:
+            return Counter()
+        pending.filter(due(now), pk__in=ids).update(
+            leased_until=now + timedelta(seconds=settings.TRACE_LEASE_S),
+            lease_owner=owner,
+            attempts=F("attempts") + 1,
+        )
     rows = list(TraceExport.objects.filter(lease_owner=owner, pk__in=ids))
     if not rows:
         return Counter()

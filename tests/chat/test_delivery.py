@@ -131,3 +131,32 @@ def test_a_turn_whose_worker_died_is_closed_and_a_retry_answers_it(api, user, se
     assert response.status_code == 200
     turn.refresh_from_db()
     assert turn.status == Turn.Status.COMPLETED and turn.attempts == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_deliverers_write_each_trace_once(api, find_traces):
+    import threading
+
+    from django.db import connection
+
+    for i in range(30):
+        api.post("/api/chat/", {"message": f"turn {i}"}, format="json")
+
+    def deliverer():
+        try:
+            while delivery.trace_deliver_due(limit=7):
+                pass
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=deliverer) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    exports = TraceExport.objects.all()
+    assert exports.count() == 30
+    assert set(exports.values_list("state", flat=True)) == {TraceExport.State.EXPORTED}
+    assert set(exports.values_list("attempts", flat=True)) == {1}  # nobody wrote one twice
+    assert len(find_traces()) == 30
