@@ -1,15 +1,12 @@
 import logging
-import signal
-import threading
-import time
 from collections import Counter
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
 
 from chat import delivery, tracing
 from chat.models import TraceExport
+from chatproject.commands import run_worker, summary
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +45,7 @@ class Command(BaseCommand):
         while True:
             counts = delivery.trace_deliver_due(limit=batch)
             total.update(counts)
-            self.stdout.write(f"  [{total['exported']}/{of}] {_summary(total)}")
+            self.stdout.write(f"  [{total['exported']}/{of}] {summary(total)}")
             if counts["exported"] < batch:
                 break
         self.stdout.write(
@@ -59,39 +56,29 @@ class Command(BaseCommand):
         )
 
     def _loop(self, batch: int) -> None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         self.stdout.write(
             f"trace worker polling every {settings.TRACE_POLL_INTERVAL_S}s "
             f"(tracking uri {settings.MLFLOW_TRACKING_URI})"
         )
-        next_chores = time.monotonic()
-        while not stop.is_set():
-            try:
-                close_old_connections()
-                if time.monotonic() >= next_chores:
-                    next_chores = time.monotonic() + 5
-                    if closed := delivery.turn_close_abandoned():
-                        self.stdout.write(f"closed {len(closed)} abandoned turn(s): {closed[:10]}")
-                    if resumed := delivery.trace_resume_after_outage():
-                        self.stdout.write(f"tracking store is back: resuming {resumed} traces")
-                if not tracing.is_ready():
-                    stop.wait(1)
-                    continue
-                counts = delivery.trace_deliver_due(limit=batch)
-            except Exception:
-                # E.g. the database restarting: the worker must outlive it, and nothing is lost
-                # (rows stay pending; a claimed row's lease expires).
-                logger.exception("trace worker pass failed; retrying shortly")
-                stop.wait(5)
-                continue
-            if counts:
-                self.stdout.write(f"trace delivery: {_summary(counts)}")
-            if sum(counts.values()) < batch:
-                stop.wait(settings.TRACE_POLL_INTERVAL_S)
-        self.stdout.write("trace worker stopped")
 
+        def chores() -> list[str]:
+            lines = []
+            if closed := delivery.turn_close_abandoned():
+                lines.append(f"closed {len(closed)} abandoned turn(s): {closed[:10]}")
+            if resumed := delivery.trace_resume_after_outage():
+                lines.append(f"tracking store is back: resuming {resumed} traces")
+            return lines
 
-def _summary(counts: Counter) -> str:
-    return ", ".join(f"{state} {n}" for state, n in sorted(counts.items())) or "nothing due"
+        def deliver() -> Counter:
+            # Until the experiment is resolved (the server was down at start-up), wait.
+            return delivery.trace_deliver_due(limit=batch) if tracing.is_ready() else Counter()
+
+        run_worker(
+            name="trace delivery",
+            deliver=deliver,
+            batch=batch,
+            poll_s=settings.TRACE_POLL_INTERVAL_S,
+            chores=chores,
+            chores_every_s=5.0,
+            write=self.stdout.write,
+        )

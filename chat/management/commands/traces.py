@@ -1,14 +1,13 @@
 import csv
 import io
 import json
-from datetime import datetime
 
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 
 from chat import selectors, tracing
 from chat.exceptions import TracesUnavailable
 from chat.models import REQUEST_ID_PATTERN
+from chatproject.commands import parse_when
 
 COLUMNS = ["trace_id", "time", "duration_ms", "state", "user", "session", "client_request_id"]
 
@@ -18,15 +17,6 @@ def _pair(value: str, sep: str, option: str) -> tuple[str, str]:
     if not found or not key:
         raise CommandError(f"{option} {value!r}: expected key{sep}value")
     return key, val
-
-
-def _when(value: str | None, option: str) -> datetime | None:
-    if not value:
-        return None
-    parsed = parse_datetime(value) or parse_datetime(f"{value}T00:00:00+00:00")
-    if parsed is None:
-        raise CommandError(f"{option} {value!r} is not a date or ISO 8601 time")
-    return parsed
 
 
 class Command(BaseCommand):
@@ -67,8 +57,8 @@ class Command(BaseCommand):
             "environment": opts["environment"],
             "app_version": opts["app_version"],
             "feedback": [_pair(f, ":", "--feedback") for f in opts["feedback"]],
-            "since": _when(opts["since"], "--since"),
-            "until": _when(opts["until"], "--until"),
+            "since": parse_when(opts["since"], "--since"),
+            "until": parse_when(opts["until"], "--until"),
             "order": opts["order"],
         }
         traces = self._collect(filters, limit=max(opts["limit"], 1))

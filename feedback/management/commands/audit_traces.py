@@ -1,8 +1,8 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 
 from chat import audit as chat_audit
 from chat import delivery, tracing
+from chatproject.commands import parse_when
 from feedback import audit as feedback_audit
 
 
@@ -19,11 +19,7 @@ class Command(BaseCommand):
         parser.add_argument("--repair", action="store_true", help="write what is wrong again")
 
     def handle(self, *args, since: str | None, repair: bool, **options):
-        since_dt = None
-        if since:
-            since_dt = parse_datetime(since) or parse_datetime(f"{since}T00:00:00+00:00")
-            if since_dt is None:
-                raise CommandError(f"--since {since!r} is not a date or ISO 8601 time")
+        since_dt = parse_when(since, "--since")
         if not tracing.is_ready():
             raise CommandError("MLflow is not reachable (see MLFLOW_TRACKING_URI); nothing audited")
         try:

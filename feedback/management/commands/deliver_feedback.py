@@ -1,14 +1,10 @@
 import logging
-import signal
-import threading
-import time
 from collections import Counter
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
-from django.db import close_old_connections
 
-from chat import tracing
+from chatproject.commands import run_worker, summary
 from feedback import selectors, services
 from feedback.models import Feedback
 
@@ -63,36 +59,24 @@ class Command(BaseCommand):
 
     def _progress(self, done: int, of: int, counts: Counter) -> None:
         if done == of or done % 25 == 0:
-            summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
-            self.stdout.write(f"  [{done}/{of}] {summary}")
+            self.stdout.write(f"  [{done}/{of}] {summary(counts)}")
 
     def _loop(self, batch: int) -> None:
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
         self.stdout.write(
             f"feedback worker polling every {settings.FEEDBACK_POLL_INTERVAL_S}s "
             f"(tracking uri {settings.MLFLOW_TRACKING_URI})"
         )
-        next_probe = time.monotonic()
-        while not stop.is_set():
-            try:
-                close_old_connections()
-                if time.monotonic() >= next_probe:
-                    next_probe = time.monotonic() + settings.FEEDBACK_PROBE_INTERVAL_S
-                    if resumed := services.feedback_resume_after_outage():
-                        self.stdout.write(f"tracking store is back: resuming {resumed} feedback")
-                counts = services.feedback_deliver_due(limit=batch, threads=self.threads)
-            except Exception:
-                # E.g. the database restarting: the worker must outlive it, and nothing is lost
-                # (rows stay pending; a claimed row's lease expires).
-                logger.exception("feedback worker pass failed; retrying shortly")
-                stop.wait(5)
-                continue
-            if counts:
-                summary = ", ".join(f"{state} {n}" for state, n in sorted(counts.items()))
-                self.stdout.write(f"feedback delivery: {summary}")
-            if sum(counts.values()) < batch:
-                stop.wait(settings.FEEDBACK_POLL_INTERVAL_S)
-        tracing.flush()
-        self.stdout.write("feedback worker stopped")
+
+        def chores() -> list[str]:
+            resumed = services.feedback_resume_after_outage()
+            return [f"tracking store is back: resuming {resumed} feedback"] if resumed else []
+
+        run_worker(
+            name="feedback delivery",
+            deliver=lambda: services.feedback_deliver_due(limit=batch, threads=self.threads),
+            batch=batch,
+            poll_s=settings.FEEDBACK_POLL_INTERVAL_S,
+            chores=chores,
+            chores_every_s=settings.FEEDBACK_PROBE_INTERVAL_S,
+            write=self.stdout.write,
+        )

@@ -1,7 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.utils.dateparse import parse_datetime
 
 from chat import tracing
+from chatproject.commands import parse_when
 from feedback import services
 
 
@@ -16,11 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--since", help="only turns from this time on (ISO 8601)")
 
     def handle(self, *args, name: str, since: str | None, **options):
-        since_dt = None
-        if since:
-            since_dt = parse_datetime(since) or parse_datetime(f"{since}T00:00:00+00:00")
-            if since_dt is None:
-                raise CommandError(f"--since {since!r} is not a date or ISO 8601 time")
+        since_dt = parse_when(since, "--since")
         if not tracing.is_ready():
             raise CommandError(
                 "MLflow is not reachable (see MLFLOW_TRACKING_URI); nothing exported"
