@@ -193,6 +193,8 @@ EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")
 # --- Trace delivery to MLflow (the worker: `python manage.py deliver_traces --loop`) ------------
 TRACE_DELIVERY_BATCH = env.int("TRACE_DELIVERY_BATCH", default=200)
 TRACE_POLL_INTERVAL_S = env.float("TRACE_POLL_INTERVAL_S", default=0.5)
+# Concurrent trace-info writes per batch (the tracking server's workers are the real bound).
+TRACE_WRITE_THREADS = env.int("TRACE_WRITE_THREADS", default=8)
 TRACE_RETRY_BASE_S = env.float("TRACE_RETRY_BASE_S", default=1.0)
 # While the tracking server is down, retries back off to this and never give up.
 TRACE_RETRY_MAX_S = env.float("TRACE_RETRY_MAX_S", default=10.0)

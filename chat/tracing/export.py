@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import mlflow
+from django.conf import settings
 from mlflow.entities import Span, SpanStatus, TraceInfo, TraceLocation, TraceState
 from mlflow.exceptions import MlflowException
 from mlflow.store.tracking.rest_store import RestStore
@@ -35,7 +36,6 @@ from chat.tracing.setup import experiment_id
 
 logger = logging.getLogger(__name__)
 
-WRITE_THREADS = 4
 # MLflow's answers that mean "not this trace" rather than "not now": counted towards failing it.
 REFUSALS = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE"}
 
@@ -129,7 +129,8 @@ def write_traces(payloads: Sequence[dict]) -> dict[str, str]:
     infos = [info for info, _ in built]
     # The first alone: when the server is down, one call finds out, not a whole batch's worth.
     first = commit(infos[0])
-    with ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="trace-info") as pool:
+    threads = settings.TRACE_WRITE_THREADS
+    with ThreadPoolExecutor(threads, thread_name_prefix="trace-info") as pool:
         results = [first, *pool.map(commit, infos[1:])]
     errors = {trace_id: error for trace_id, error in results if error}
     spans = [span for info, spans in built if info.trace_id not in errors for span in spans]
