@@ -41,6 +41,10 @@ def trace_deliver_due(*, limit: int | None = None) -> Counter:
     limit = limit or settings.TRACE_DELIVERY_BATCH
     now = timezone.now()
     pending = TraceExport.objects.filter(state=TraceExport.State.PENDING)
+    # A read first: on SQLite every transaction takes the write lock, and requests need it more
+    # than an idle deliverer polling twice a second.
+    if not pending.filter(due(now)).exists():
+        return Counter()
     owner = uuid.uuid4().hex
     with transaction.atomic():
         # SKIP LOCKED (PostgreSQL): concurrent deliverers take different rows instead of racing
