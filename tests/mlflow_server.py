@@ -19,9 +19,10 @@ def free_port() -> int:
 
 
 class MlflowServer:
-    def __init__(self, root: Path, port: int | None = None):
+    def __init__(self, root: Path, port: int | None = None, workers: int = 1):
         self.root = root
         self.port = port or free_port()
+        self.workers = workers
         self.process: subprocess.Popen | None = None
 
     @property
@@ -41,7 +42,7 @@ class MlflowServer:
                 "--port",
                 str(self.port),
                 "--workers",
-                "1",
+                str(self.workers),
                 "--backend-store-uri",
                 f"sqlite:///{self.root}/mlflow.db",
                 "--artifacts-destination",
