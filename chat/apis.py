@@ -15,7 +15,7 @@ from rest_framework.views import APIView
 
 from chat import selectors, services, tracing
 from chat.models import REQUEST_ID_PATTERN, Message
-from chatproject.api import StrictSerializer
+from chatproject.api import StrictSerializer, cursor_decode, cursor_encode
 
 REQUEST_ID_HEADER = OpenApiParameter(
     "X-Request-ID",
@@ -270,11 +270,22 @@ def _pair(value: str, name: str, sep: str = ":") -> tuple[str, str]:
     return key, val
 
 
+def _query_scope(request: Request) -> str:
+    """What a cursor is bound to: this path and every query parameter but the cursor itself."""
+    params = sorted((k, v) for k, vs in request.query_params.lists() for v in vs if k != "cursor")
+    return f"{request.path}?{params}"
+
+
+def _cursor(request: Request, cursor: str | None) -> str | None:
+    """MLflow's page token inside one of our cursors. Raises: ValidationError."""
+    return cursor_decode(cursor, scope=_query_scope(request))
+
+
 def _trace_page(request: Request, page: tracing.TracePage) -> Response:
     next_url = None
     if page.next_page_token:
         query_params = request.query_params.copy()
-        query_params["cursor"] = page.next_page_token
+        query_params["cursor"] = cursor_encode(page.next_page_token, scope=_query_scope(request))
         next_url = request.build_absolute_uri(f"{request.path}?{query_params.urlencode()}")
     return Response(TracePageSerializer({"results": page.traces, "next": next_url}).data)
 
@@ -321,7 +332,7 @@ class TraceSearchApi(APIView):
             since=data.get("since"),
             until=data.get("until"),
             order=data["ordering"],
-            cursor=data.get("cursor"),
+            cursor=_cursor(request, data.get("cursor")),
             page_size=data["page_size"],
         )
         return _trace_page(request, page)
@@ -339,7 +350,7 @@ class SessionTracesApi(APIView):
             user_id=request.user.pk,
             session_id=str(session.pk),
             order=params.validated_data["ordering"],
-            cursor=params.validated_data.get("cursor"),
+            cursor=_cursor(request, params.validated_data.get("cursor")),
             page_size=params.validated_data["page_size"],
         )
         return _trace_page(request, page)

@@ -10,6 +10,11 @@ from chatproject.pages import chat_page
 from feedback.apis import SeedFeedbackApi
 from feedback.views import feedback_report_page
 
+handler400 = "chatproject.api.bad_request"
+handler403 = "chatproject.api.permission_denied"
+handler404 = "chatproject.api.page_not_found"
+handler500 = "chatproject.api.server_error"
+
 urlpatterns = [
     path("admin/reports/feedback/", feedback_report_page, name="feedback-report-page"),
     path("admin/", admin.site.urls),

@@ -17,15 +17,6 @@ COMMENT_CHARS = 5000
 EXPECTED_RESPONSE_CHARS = 20000
 
 
-class StrictBooleanField(serializers.BooleanField):
-    """JSON true/false only: "yes", 1 or "false" are a 400, not a guess."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, bool):
-            self.fail("invalid", input=data)
-        return data
-
-
 class FeedbackOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     message_id = serializers.SerializerMethodField()
@@ -57,7 +48,7 @@ class SeedFeedbackApi(APIView):
     """The seed's endpoint: rate your turn by its client request id."""
 
     class InputSerializer(StrictSerializer):
-        is_correct = StrictBooleanField()
+        is_correct = serializers.BooleanField()
         comment = serializers.CharField(
             max_length=COMMENT_CHARS, required=False, allow_blank=True, default=""
         )
@@ -91,7 +82,7 @@ class MessageFeedbackApi(APIView):
     """Your feedback on one answer: PUT sets or changes it, GET reads it, DELETE withdraws it."""
 
     class InputSerializer(StrictSerializer):
-        is_correct = StrictBooleanField(required=False)
+        is_correct = serializers.BooleanField(required=False)
         rating = serializers.IntegerField(min_value=1, max_value=5, required=False)
         comment = serializers.CharField(
             max_length=COMMENT_CHARS, required=False, allow_blank=True, default=""
