@@ -22,6 +22,9 @@ def boot_django() -> Path:
         MLFLOW_EXPERIMENT_NAME="bench",
         LOG_LEVEL="WARNING",
         DJANGO_ALLOWED_HOSTS="testserver,localhost,127.0.0.1",
+        # One user at full speed: the per-user throttle would answer 429 after 30 turns.
+        THROTTLE_CHAT="",
+        THROTTLE_FEEDBACK="",
     )
     import django
     from django.core.management import call_command

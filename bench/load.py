@@ -705,6 +705,9 @@ def main() -> int:
         "LLM_LOCAL_TOKEN_DELAY_MS": "0",
         "TRACING_ENABLED": "true",
         "PYTHONUNBUFFERED": "1",
+        # A few users at many turns/s: the bench measures capacity, not the per-user throttle.
+        "THROTTLE_CHAT": "",
+        "THROTTLE_FEEDBACK": "",
         # As bin/serve: no job runner in the tracking server (the app runs no server-side jobs).
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }

@@ -93,6 +93,7 @@ class ChatApi(APIView):
     """POST a message; the answer is one turn of the conversation and one MLflow trace."""
 
     renderer_classes = [JSONRenderer, EventStreamRenderer]
+    throttle_scope = "chat"
 
     class InputSerializer(StrictSerializer):
         message = serializers.CharField()

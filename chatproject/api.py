@@ -11,6 +11,7 @@ from django.views import defaults
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
+from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from chatproject.errors import ApplicationError
@@ -107,6 +108,33 @@ class BoundedJSONParser(JSONParser):
         )
 
 
+# --- Throttling: DRF's throttles, rates from settings.THROTTLE_RATES when each request comes ------
+
+
+class ScopedThrottle(ScopedRateThrottle):
+    """Per user (per IP when signed out) for the view's `throttle_scope`."""
+
+    def get_rate(self) -> str | None:
+        return settings.THROTTLE_RATES.get(self.scope) or None
+
+
+class KeyedThrottle(SimpleRateThrottle):
+    """A named count, for views outside DRF: per `key` (a username), or per client address."""
+
+    def __init__(self, scope: str, key: str | None = None):
+        self.scope = scope
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:32] if key is not None else None
+        self.rate = self.get_rate()
+        self.num_requests, self.duration = self.parse_rate(self.rate)
+
+    def get_rate(self) -> str | None:
+        return settings.THROTTLE_RATES.get(self.scope) or None
+
+    def get_cache_key(self, request, view) -> str:
+        ident = self.key if self.key is not None else self.get_ident(request)
+        return self.cache_format % {"scope": self.scope, "ident": ident}
+
+
 # --- Cursors: MLflow's page tokens, signed, so a client can only send back one we gave out -------
 
 _CURSOR_SALT = "chatproject.api.cursor"
@@ -145,6 +173,8 @@ def exception_handler(exc, context):
         return Response({"error": exc.code, "detail": exc.message}, status=exc.status_code)
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
+    if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
+        exc = exceptions.Throttled(wait=exc.wait, detail="Too many requests; slow down.")
     response = drf_exception_handler(exc, context)
     if response is None:
         return None

@@ -4,11 +4,15 @@ It composes both apps (chat for the conversation, feedback for the votes), so it
 project level; its script uses the same JSON API as every other client.
 """
 
+import math
+
+from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from chat import selectors
+from chatproject.api import KeyedThrottle
 from feedback.selectors import feedback_by_turn
 
 
@@ -28,3 +32,22 @@ def chat_page(request: HttpRequest, session_id=None) -> HttpResponse:
         "messages": messages,
     }
     return render(request, "chat/chat.html", context)
+
+
+class SignInView(auth_views.LoginView):
+    """Django's sign-in, with attempts limited per username and per address (THROTTLE_RATES)."""
+
+    def post(self, request: HttpRequest, *args, **kwargs) -> HttpResponse:
+        username = request.POST.get("username", "").strip().lower()
+        throttles = [KeyedThrottle("sign_in_ip"), KeyedThrottle("sign_in", username)]
+        waits = [t.wait() or 1 for t in throttles if not t.allow_request(request, self)]
+        if not waits:
+            return super().post(request, *args, **kwargs)
+        # An unbound form: validating this one would check the password, and its error (or its
+        # absence) would tell an attacker whether the guess was right.
+        wait = math.ceil(max(waits))
+        message = f"Too many sign-in attempts. Try again in {wait} seconds."
+        context = self.get_context_data(form=self.get_form_class()(request), throttled=message)
+        response = self.render_to_response(context, status=429)
+        response["Retry-After"] = str(wait)
+        return response

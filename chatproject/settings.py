@@ -80,6 +80,12 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Shared by every worker and instance (throttle counts live here): the database the deployment
+# already has, by default; CACHE_URL=redis://host:6379/1 for Redis in production.
+CACHES = {
+    "default": env.cache_url("CACHE_URL", default="dbcache://django_cache"),
+}
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -118,6 +124,19 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "chatproject.api.exception_handler",
     "UNAUTHENTICATED_USER": "django.contrib.auth.models.AnonymousUser",
+    "DEFAULT_THROTTLE_CLASSES": ["chatproject.api.ScopedThrottle"],
+    # Proxies in front of the app whose X-Forwarded-For to trust; 0: the peer address only, so a
+    # client cannot dodge a per-address limit by sending the header itself.
+    "NUM_PROXIES": env.int("NUM_PROXIES", default=0),
+}
+
+# Requests allowed per user (per IP for sign-in) per period: "30/min", "1000/hour"; "" turns one
+# off. Counted in CACHES["default"], so every worker and instance shares them.
+THROTTLE_RATES = {
+    "chat": env.str("THROTTLE_CHAT", default="30/min"),
+    "feedback": env.str("THROTTLE_FEEDBACK", default="60/min"),
+    "sign_in": env.str("THROTTLE_SIGN_IN", default="5/min"),  # per username
+    "sign_in_ip": env.str("THROTTLE_SIGN_IN_IP", default="20/min"),
 }
 if DEBUG:
     REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append(

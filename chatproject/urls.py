@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from chat.apis import ChatApi
 from chatproject.ops import health, metrics
-from chatproject.pages import chat_page
+from chatproject.pages import SignInView, chat_page
 from feedback.apis import SeedFeedbackApi
 from feedback.views import feedback_report_page
 
@@ -17,6 +17,8 @@ handler500 = "chatproject.api.server_error"
 
 urlpatterns = [
     path("admin/reports/feedback/", feedback_report_page, name="feedback-report-page"),
+    # One sign-in page for everyone, so the admin's is throttled too.
+    path("admin/login/", RedirectView.as_view(pattern_name="login", query_string=True)),
     path("admin/", admin.site.urls),
     path("api/", include("chat.urls")),
     path("api/", include("feedback.urls")),
@@ -31,6 +33,6 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="chat-home"), name="home"),
     path("chat/", chat_page, name="chat-home"),
     path("chat/<uuid:session_id>/", chat_page, name="chat-session"),
-    path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
+    path("accounts/login/", SignInView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
 ]

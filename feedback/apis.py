@@ -47,6 +47,8 @@ def _answer(feedback: Feedback, created: bool) -> Response:
 class SeedFeedbackApi(APIView):
     """The seed's endpoint: rate your turn by its client request id."""
 
+    throttle_scope = "feedback"
+
     class InputSerializer(StrictSerializer):
         is_correct = serializers.BooleanField()
         comment = serializers.CharField(
@@ -80,6 +82,8 @@ class SeedFeedbackApi(APIView):
 
 class MessageFeedbackApi(APIView):
     """Your feedback on one answer: PUT sets or changes it, GET reads it, DELETE withdraws it."""
+
+    throttle_scope = "feedback"
 
     class InputSerializer(StrictSerializer):
         is_correct = serializers.BooleanField(required=False)

@@ -46,6 +46,9 @@ class Stack:
             "TRACE_RETRY_MAX_S": "2",
             "FEEDBACK_RETRY_MAX_S": "2",
             "FEEDBACK_PROBE_INTERVAL_S": "1",
+            # The load is a few users at many turns/s: capacity, not throttling, is under test.
+            "THROTTLE_CHAT": "",
+            "THROTTLE_FEEDBACK": "",
             **env,
         }
         self.processes: dict[str, subprocess.Popen] = {}
