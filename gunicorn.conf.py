@@ -8,6 +8,10 @@ timeout = 120
 graceful_timeout = 30
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
+# gunicorn's control socket defaults to one path (~/.gunicorn/gunicorn.ctl) for every instance of
+# the OS user, so a second instance would take over the first's. Off unless a path is given.
+control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")
+control_socket_disable = not control_socket
 
 
 def worker_exit(server, worker):

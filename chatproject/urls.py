@@ -2,7 +2,7 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from chat.apis import ChatApi
 from chatproject.ops import health, metrics
@@ -23,7 +23,7 @@ urlpatterns = [
     path("api/", include("chat.urls")),
     path("api/", include("feedback.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema"), name="api-docs"),
     # The seed's endpoint, kept for its clients; same handling as /api/chat/.
     path("chat", ChatApi.as_view(), {"endpoint": "seed_chat"}, name="seed-chat"),
     path("chat_feedback", SeedFeedbackApi.as_view(), name="seed-chat-feedback"),
