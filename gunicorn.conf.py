@@ -2,6 +2,10 @@
 
 import os
 
+from chatproject.gunicorn_errors import install as json_errors
+
+json_errors()  # gunicorn's own 400/431 pages in the API's JSON error shape
+
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = 120

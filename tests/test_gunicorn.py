@@ -108,6 +108,20 @@ def test_a_body_over_the_upload_limit_refused_unread_leaves_the_connection_usabl
     assert (refused.status, health.status) == (401, 200)
 
 
+def test_a_header_too_large_for_gunicorn_is_a_json_431(gunicorn):
+    conn = http.client.HTTPConnection("127.0.0.1", gunicorn.port, timeout=5)
+    conn.request("GET", "/api/sessions/", headers={"X-Request-ID": "r" * 10_000})
+    response = conn.getresponse()
+    body = json.loads(response.read())
+
+    assert response.status == 431
+    assert response.getheader("Content-Type") == "application/json"
+    assert body == {
+        "error": "headers_too_large",
+        "detail": "A request header is too large (8 KB at most per header line); send less.",
+    }
+
+
 def test_no_control_socket_is_shared_between_instances(gunicorn, tmp_path):
     assert not (gunicorn.home / ".gunicorn" / "gunicorn.ctl").exists()
 
