@@ -58,6 +58,9 @@ def feedback_submit(
             user=user, turn=turn, defaults={**fields, "next_attempt_at": timezone.now()}
         )
         if not created:
+            if feedback.withdrawn:
+                # A vote after a withdrawal starts afresh: the withdrawn correction stays gone.
+                feedback.expected_response = ""
             for name, value in fields.items():
                 setattr(feedback, name, value)
             feedback.withdrawn = False

@@ -190,3 +190,25 @@ def test_the_request_answers_from_the_database_even_with_mlflow_unreachable(api,
     assert response.status_code == 201
     assert response.json()["delivery_state"] == "pending"
     assert Turn.objects.get().feedback.get().delivery_state == "pending"
+
+
+def test_a_withdrawn_correction_does_not_come_back_with_a_new_vote(
+    api, turn_of, deliver_until_settled, assessments
+):
+    turn = turn_of()
+    url = f"/api/messages/{turn['message_id']}/feedback/"
+    api.put(url, {"rating": 1, "expected_response": "Refunds take 5 days."}, format="json")
+    deliver_until_settled()
+    assert api.delete(url).status_code == 204
+    deliver_until_settled()
+
+    response = api.post(
+        f"/chat_feedback?client_request_id={turn['client_request_id']}",
+        {"is_correct": True},
+        format="json",
+    )
+    deliver_until_settled()
+
+    assert response.status_code == 200, response.content
+    assert response.json()["expected_response"] == ""
+    assert [a.name for a in assessments(turn["trace_id"])] == ["response_is_correct"]
