@@ -14,6 +14,7 @@ def boot_django() -> Path:
     os.environ.update(
         DJANGO_SETTINGS_MODULE="chatproject.settings",
         DJANGO_SECRET_KEY="bench-only",
+        DJANGO_DOT_ENV="",
         DATABASE_URL=f"sqlite:///{tmp}/db.sqlite3",
         MLFLOW_TRACKING_URI=os.environ.get(
             "BENCH_MLFLOW_TRACKING_URI", f"sqlite:///{tmp}/mlflow.db"

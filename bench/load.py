@@ -695,6 +695,7 @@ def main() -> int:
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatproject.settings",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_DOT_ENV": "",
         "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
         "MLFLOW_PORT": str(mlflow_port),
         "MLFLOW_TRACKING_URI": mlflow_url,

@@ -10,6 +10,13 @@ VAR_DIR = BASE_DIR / "var"
 
 env = environ.Env()
 
+# `make run` writes .env (secret key, tracking server, database) so that `manage.py` commands in a
+# second terminal reach the same stores as the running app. Variables already set win; an empty
+# DJANGO_DOT_ENV reads none (the tests do this).
+DOT_ENV = env.str("DJANGO_DOT_ENV", default=str(BASE_DIR / ".env"))
+if DOT_ENV and Path(DOT_ENV).is_file():
+    environ.Env.read_env(DOT_ENV)
+
 DEBUG = env.bool("DJANGO_DEBUG", default=False)
 SECRET_KEY = env.str("DJANGO_SECRET_KEY", default="")
 if not SECRET_KEY:

@@ -4,6 +4,7 @@ import os
 import tempfile
 
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key")
+os.environ["DJANGO_DOT_ENV"] = ""  # never a developer's .env (servers the tests start inherit it)
 
 from chatproject.settings import *  # noqa: E402,F403
 from chatproject.settings import DATABASES  # noqa: E402
