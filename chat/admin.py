@@ -1,9 +1,29 @@
 """Conversations and turns for staff. The feedback app extends the Turn admin with labelling."""
 
 from django.contrib import admin
+from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models.functions import Substr
+from django.http import HttpRequest
 
 from chat import tracing
 from chat.models import ChatSession, Message, Turn
+
+EXCERPT_CHARS = 90
+
+
+def _excerpt(role: str) -> Subquery:
+    """The first characters of a turn's question or answer, in the list's one query."""
+    return Subquery(
+        Message.objects.filter(turn=OuterRef("pk"), role=role)
+        .order_by("id")
+        .values(text=Substr("content", 1, EXCERPT_CHARS + 1))[:1]
+    )
+
+
+def _clip(text: str | None) -> str:
+    if not text:
+        return "-"
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS].rstrip() + "…"
 
 
 class MessageInline(admin.TabularInline):
@@ -33,6 +53,9 @@ class ChatSessionAdmin(admin.ModelAdmin):
     inlines = [MessageInline]
     date_hierarchy = "created_at"
 
+    def has_add_permission(self, request) -> bool:
+        return False  # conversations start from the chat page or the API
+
     @admin.display(description="MLflow")
     def mlflow_link(self, obj: ChatSession):
         return tracing.ui_link_html(tracing.session_ui_url(obj.pk), "session traces")
@@ -41,26 +64,60 @@ class ChatSessionAdmin(admin.ModelAdmin):
 @admin.register(Turn)
 class TurnAdmin(admin.ModelAdmin):
     list_display = (
-        "id",
-        "user",
-        "session",
-        "client_request_id",
-        "status",
-        "model",
-        "total_tokens",
-        "latency_ms",
         "created_at",
+        "user",
+        "question",
+        "answer",
+        "status",
+        "latency_ms",
         "trace_link",
     )
-    list_filter = ("status", "model", "created_at", ("user", admin.RelatedOnlyFieldListFilter))
-    search_fields = ("client_request_id", "trace_id", "user__username", "session__title")
-    list_select_related = ("user", "session")
+    list_display_links = ("created_at",)
+    list_filter = (
+        "status",
+        "created_at",
+        "app_version",
+        "environment",
+        "model",
+        ("user", admin.RelatedOnlyFieldListFilter),
+    )
+    search_fields = (
+        "client_request_id",
+        "trace_id",
+        "user__username",
+        "session__title",
+        "messages__content",
+    )
+    list_select_related = ("user",)
+    ordering = ("-created_at", "-id")
     readonly_fields = [f.name for f in Turn._meta.fields] + ["trace_link"]
     inlines = [MessageInline]
     date_hierarchy = "created_at"
+    list_per_page = 50
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                question_text=_excerpt(Message.Role.USER),
+                answer_text=_excerpt(Message.Role.ASSISTANT),
+            )
+        )
 
     def has_add_permission(self, request) -> bool:
         return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False  # read-only: no Save buttons; labels are actions and the review queue
+
+    @admin.display(description="Question")
+    def question(self, obj: Turn) -> str:
+        return _clip(obj.question_text)
+
+    @admin.display(description="Answer")
+    def answer(self, obj: Turn) -> str:
+        return _clip(obj.answer_text)
 
     @admin.display(description="Trace")
     def trace_link(self, obj: Turn):

@@ -8,7 +8,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import OuterRef, QuerySet, Subquery
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html
@@ -206,6 +206,33 @@ class LabelledTurnAdmin(TurnAdmin):
 
     inlines = [*TurnAdmin.inlines, FeedbackInline]
     actions = [mark_correct, mark_incorrect, set_expected_response, export_to_eval_dataset]
+    list_display = (*TurnAdmin.list_display[:4], "user_feedback", *TurnAdmin.list_display[4:])
+
+    def get_queryset(self, request):
+        own = Feedback.objects.filter(
+            turn=OuterRef("pk"), user=OuterRef("user_id"), withdrawn=False
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                fb_is_correct=Subquery(own.values("is_correct")[:1]),
+                fb_rating=Subquery(own.values("rating")[:1]),
+                fb_comment=Subquery(own.values("comment")[:1]),
+            )
+        )
+
+    @admin.display(description="User's feedback")
+    def user_feedback(self, obj: Turn) -> str:
+        parts = []
+        if obj.fb_is_correct is not None:
+            parts.append("good" if obj.fb_is_correct else "bad")
+        if obj.fb_rating is not None:
+            parts.append(f"{obj.fb_rating}/5")
+        if obj.fb_comment:
+            comment = obj.fb_comment
+            parts.append(f"“{comment[:60]}…”" if len(comment) > 60 else f"“{comment}”")
+        return " · ".join(parts) or "-"
 
     def has_label_permission(self, request) -> bool:
         return request.user.has_perm("feedback.add_feedback") and request.user.has_perm(

@@ -63,7 +63,7 @@ class Feedback(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Feedback {self.pk} on turn {self.turn_id} by {self.user_id}"
+        return f"Feedback by {self.user} on turn {self.turn_id}"
 
     @property
     def name(self) -> str | None:

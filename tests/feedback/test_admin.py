@@ -130,3 +130,26 @@ def test_admin_pages_list_search_and_filter(admin_client, exported_turns):
         admin_client.get("/admin/feedback/feedback/?delivery_state__exact=failed").status_code
         == 200
     )
+
+
+def test_turns_list_shows_question_answer_and_the_users_feedback_newest_first(
+    admin_client, django_assert_max_num_queries
+):
+    from tests.factories import FeedbackFactory, SessionFactory, answered_turn
+
+    owner = UserFactory(username="erin")
+    session = SessionFactory(owner=owner)
+    older, _ = answered_turn(session=session, question="How do refunds work?", answer="Slowly.")
+    newer, _ = answered_turn(session=session, question="Q" * 200, answer="A short answer.")
+    FeedbackFactory(turn=older, user=owner, is_correct=False, comment="Too vague")
+    for _ in range(20):
+        answered_turn(session=session)
+
+    with django_assert_max_num_queries(12):  # one query for the rows, whatever their number
+        page = admin_client.get(TURNS_URL).content.decode()
+
+    assert "How do refunds work?" in page and "Slowly." in page
+    assert "bad · “Too vague”" in page
+    assert "Q" * 90 + "…" in page and "Q" * 91 not in page
+    assert page.index("A short answer.") < page.index("Slowly.")  # newest first
+    assert 'name="_save"' not in admin_client.get(f"{TURNS_URL}{older.pk}/change/").content.decode()
