@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "csp",
     "chat.apps.ChatConfig",
     "feedback.apps.FeedbackConfig",
+    "privacy.apps.PrivacyConfig",
 ]
 
 MIDDLEWARE = [
