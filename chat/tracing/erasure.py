@@ -113,7 +113,10 @@ def _remove_artifacts(trace_id: str, location: str) -> bool:
         shutil.rmtree(folder)
         return True
     try:
-        get_artifact_repository(location).delete_artifacts()
+        repository = get_artifact_repository(location)
+        if not repository.list_artifacts():
+            return False
+        repository.delete_artifacts()
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             return False
