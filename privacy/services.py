@@ -29,8 +29,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
+from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.db.models import Max, Q
 from django.utils import timezone
@@ -71,15 +73,25 @@ def user_erase(
             set(given_elsewhere.exclude(turn__trace_id="").values_list("turn__trace_id", flat=True))
         )
         feedback = Feedback.objects.filter(Q(user_id=user_id) | Q(turn__in=turns))
+        messages = Message.objects.filter(Q(turn__in=turns) | Q(session__owner_id=user_id))
+        sessions = ChatSession.objects.filter(owner_id=user_id)
+        # The admin's history names what it changed (a username, a message's first words).
+        admin_log = _admin_log_about(
+            (get_user_model(), [user_id]),
+            (ChatSession, sessions.values_list("pk", flat=True)),
+            (Turn, turns.values_list("pk", flat=True)),
+            (Message, messages.values_list("pk", flat=True)),
+            (Feedback, feedback.values_list("pk", flat=True)),
+        )
+        admin_log_removed = _delete(admin_log)
         rows = {
             "feedback": _delete(feedback),
             "trace_exports": _delete(exports),
-            "messages": _delete(
-                Message.objects.filter(Q(turn__in=turns) | Q(session__owner_id=user_id))
-            ),
+            "messages": _delete(messages),
             "turns": _delete(turns),
-            "sessions": _delete(ChatSession.objects.filter(owner_id=user_id)),
+            "sessions": _delete(sessions),
             "users": _delete(account),
+            "admin_log": admin_log_removed,
         }
         erasure = Erasure.objects.create(
             subject_user_id=user_id,
@@ -98,6 +110,15 @@ def user_erase(
         len(trace_ids),
     )
     return erasure
+
+
+def _admin_log_about(*objects):
+    """The admin's log entries about these objects ((model, ids) pairs)."""
+    about = Q(pk__in=[])
+    for model, ids in objects:
+        content_type = ContentType.objects.get_for_model(model)
+        about |= Q(content_type=content_type, object_id__in=[str(pk) for pk in ids])
+    return LogEntry.objects.filter(about)
 
 
 def _delete(queryset) -> int:

@@ -28,10 +28,15 @@ def test_the_erase_action_erases_each_selected_user(admin_client, admin_user, er
 
 
 def test_deleting_a_user_in_the_admin_is_an_erasure(admin_client, erasable):
+    from django.contrib.admin.models import LogEntry
+
     user = erasable["user"]
     response = admin_client.post(f"{USERS_URL}{user.pk}/delete/", {"post": "yes"}, follow=True)
 
     assert response.status_code == 200
+    # The admin logs the deletion, naming the user, before it deletes: that entry goes too.
+    assert not LogEntry.objects.filter(object_repr=user.username).exists()
+    assert Erasure.objects.get().rows_removed["admin_log"] == 1
     assert not Turn.objects.filter(user_id=user.pk).exists()
     assert Erasure.objects.get().state == Erasure.State.COMPLETED
     assert tracing.user_trace_ids(user_id=user.pk) == []

@@ -21,7 +21,10 @@ def test_erase_user_reports_its_progress_and_the_verification(erasable):
     out = _run(erasable["user"].username)
 
     assert f"erasing user id={user_id} from the database" in out
-    assert "removed 3 feedback, 3 trace_exports, 6 messages, 3 turns, 2 sessions, 1 users" in out
+    assert (
+        "removed 3 feedback, 3 trace_exports, 6 messages, 3 turns, 2 sessions, 1 users, 0 admin_log"
+        in out
+    )
     assert "[3/3] traces deleted" in out
     assert f"verifying: search metadata.`mlflow.trace.user` = '{user_id}'" in out
     assert "18 database row(s), 3 trace(s)" in out and "verified: 0 traces left" in out
