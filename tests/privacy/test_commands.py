@@ -50,3 +50,19 @@ def test_pending_finishes_what_an_outage_left_and_fails_while_it_lasts(erasable,
     assert "verified: 0 traces left in MLflow" in out
     assert Erasure.objects.get().state == Erasure.State.COMPLETED
     assert _run("--pending").strip() == "no erasure pending"
+
+
+def test_the_command_waits_out_a_delivery_in_flight_then_verifies(user, api, turn_of):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat.models import TraceExport
+
+    turn_of("being delivered right now")
+    TraceExport.objects.update(leased_until=timezone.now() + timedelta(seconds=1))
+
+    out = _run(user.username)
+
+    assert "for a trace delivery in flight to end" in out
+    assert "verified: 0 traces left in MLflow" in out
