@@ -255,6 +255,10 @@ FEEDBACK_DELIVERY_THREADS = env.int("FEEDBACK_DELIVERY_THREADS", default=4)
 FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
 FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
 
+# --- Review queue (admin) -------------------------------------------------------------------------
+# How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).
+REVIEW_CLAIM_S = env.float("REVIEW_CLAIM_S", default=300.0)
+
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")
 
