@@ -136,3 +136,58 @@ def test_focus_starts_in_the_composer_and_the_latest_vote_is_two_tabs_away(page_
     expect(latest.get_by_role("button", name="Good answer")).to_be_focused()
     page.keyboard.press("Enter")
     expect(latest.locator(".vote-status")).to_have_text("Good answer saved. Thank you!")
+
+
+def test_someone_elses_conversation_and_an_unknown_page_are_a_styled_404(page_for, live_server):
+    alice, bob = UserFactory(username="alice"), UserFactory(username="bob")
+    page = page_for(alice)
+    ask(page, "alice's private question")
+    alice_url = page.url
+
+    other = page_for(bob)
+    for url in (alice_url, f"{live_server.url}/no/such/page/"):
+        response = other.goto(url)
+        assert response.status == 404
+        expect(other.get_by_role("heading", name="Page not found")).to_be_visible()
+        expect(other.locator("body")).not_to_contain_text("alice's private question")
+        assert other.evaluate("getComputedStyle(document.body).margin") == "0px"  # our CSS
+    other.get_by_role("link", name="Back to your conversations").click()
+    other.wait_for_url("**/chat/")
+
+
+def test_sign_in_and_sign_out_say_what_happened_and_nothing_more(browser, live_server):
+    UserFactory(username="carol")
+    context = browser.new_context()
+    page = context.new_page()
+    try:
+        page.goto(f"{live_server.url}/chat/")  # a first visit: never signed in
+        expect(page.get_by_role("heading", name="Sign in")).to_be_visible()
+        expect(page.locator(".notice")).to_have_count(0)
+
+        page.get_by_label("Username").fill("carol")
+        page.get_by_label("Password").fill("wrong password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.locator(".error")).to_have_text(
+            "That username and password do not match. Please try again."
+        )
+        expect(page.locator(".notice, .error")).to_have_count(1)
+
+        page.get_by_label("Password").fill("pw-for-tests-123")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/chat/")
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.locator(".notice")).to_have_text("You are signed out.")
+        page.goto(f"{live_server.url}/chat/")
+        expect(page.locator(".notice")).to_have_count(0)
+
+        page.get_by_label("Username").fill("carol")
+        page.get_by_label("Password").fill("pw-for-tests-123")
+        page.get_by_role("button", name="Sign in").click()
+        page.wait_for_url("**/chat/")
+        session_cookie = [c for c in context.cookies() if c["name"] != "sessionid"]
+        context.clear_cookies()
+        context.add_cookies(session_cookie)  # the sign-in lapsed; the browser remembers one
+        page.goto(f"{live_server.url}/chat/")
+        expect(page.locator(".notice")).to_contain_text("Your session has ended.")
+    finally:
+        context.close()
