@@ -95,3 +95,8 @@ def test_the_admin_report_page_shows_the_table_for_staff(admin_client, world, cl
     assert client.get("/admin/reports/feedback/").status_code == 302  # to the login page
     assert b"Quality report" in admin_client.get("/admin/feedback/feedback/").content
 
+
+def test_the_admin_index_links_the_report(admin_client):
+    html = admin_client.get("/admin/").content.decode()
+    assert 'href="/admin/reports/feedback/">Feedback quality report</a>' in html
+    assert "Chat sessions" in html  # the apps' own list is still there
