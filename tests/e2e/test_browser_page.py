@@ -62,6 +62,14 @@ def test_on_a_phone_a_long_title_never_scrolls_sideways_and_send_stays_in_view(p
     expect(page.locator("#sessions a[aria-current=page]")).to_be_visible()
     assert horizontal_overflow(page) <= 0
 
+    # No spaces to break at: a pasted link as the title and in a message.
+    url = "https://example.com/" + "a-very-long-path-segment/" * 12
+    ChatSession.objects.filter(owner=alice).update(title=url)
+    ask(page, url)
+    page.reload()
+    assert horizontal_overflow(page) <= 0
+    assert_in_viewport(page, page.get_by_role("button", name="Send"))
+
 
 @pytest.mark.parametrize("viewport", [None, PHONE], ids=["desktop", "phone"])
 def test_a_conversation_opens_at_its_latest_message(page_for, viewport):
