@@ -85,7 +85,9 @@ def feedback_report(
 ) -> list[dict]:
     """Turn and feedback counts per group, from the ORM (fast, and the source of truth).
 
-    `not_in_mlflow` counts feedback MLflow does not show yet (pending or failed delivery):
+    Users' feedback (from the person who asked) and staff labels (feedback from anyone else, as
+    the review queue counts them) are counted apart: a label is a judgement, not a user's vote.
+    `not_in_mlflow` counts either kind that MLflow does not show yet (pending or failed delivery):
     where this report and MLflow disagree.
     """
     turns = Turn.objects.filter(status=Turn.Status.COMPLETED)
@@ -94,19 +96,27 @@ def feedback_report(
     if until:
         turns = turns.filter(created_at__lt=until)
     live = Q(feedback__withdrawn=False)
-    judged = live & (Q(feedback__is_correct__isnull=False) | Q(feedback__rating__isnull=False))
-    positive = live & (Q(feedback__is_correct=True) | Q(feedback__rating__gte=4))
+    vote = Q(feedback__is_correct__isnull=False) | Q(feedback__rating__isnull=False)
+    good = Q(feedback__is_correct=True) | Q(feedback__rating__gte=4)
+    corrected = ~Q(feedback__expected_response="")
+    own = live & Q(feedback__user_id=F("user_id"))
+    label = live & ~Q(feedback__user_id=F("user_id"))
     rows = (
         turns.annotate(group=REPORT_GROUPS[group_by])
         .values("group")
         .annotate(
             turns=Count("id", distinct=True),
-            rated_turns=Count("id", filter=live, distinct=True),
-            feedback_count=Count("feedback", filter=live),
-            judged=Count("feedback", filter=judged),
-            positive=Count("feedback", filter=positive),
-            mean_rating=Avg("feedback__rating", filter=live),
-            corrections=Count("feedback", filter=live & ~Q(feedback__expected_response="")),
+            rated_turns=Count("id", filter=own, distinct=True),
+            feedback_count=Count("feedback", filter=own),
+            judged=Count("feedback", filter=own & vote),
+            positive=Count("feedback", filter=own & good),
+            mean_rating=Avg("feedback__rating", filter=own),
+            corrections=Count("feedback", filter=own & corrected),
+            labelled_turns=Count("id", filter=label, distinct=True),
+            labels=Count("feedback", filter=label),
+            labels_judged=Count("feedback", filter=label & vote),
+            labels_positive=Count("feedback", filter=label & good),
+            label_corrections=Count("feedback", filter=label & corrected),
             not_in_mlflow=Count(
                 "feedback",
                 filter=Q(feedback__isnull=False)
@@ -119,12 +129,17 @@ def feedback_report(
     for row in rows:
         row["feedback"] = row.pop("feedback_count")  # "feedback" is the relation in the query
         row["feedback_rate"] = round(row["rated_turns"] / row["turns"], 4) if row["turns"] else 0
-        row["positive_rate"] = round(row["positive"] / row["judged"], 4) if row["judged"] else None
+        row["positive_rate"] = _rate(row["positive"], row["judged"])
+        row["label_positive_rate"] = _rate(row["labels_positive"], row["labels_judged"])
         if row["mean_rating"] is not None:
             row["mean_rating"] = round(row["mean_rating"], 2)
         row["group"] = str(row["group"]) if row["group"] not in (None, "") else "(none)"
         report.append(row)
     return report
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def corrected_trace_ids(*, since: datetime | None = None, turn_ids=None) -> tuple[list[str], int]:
