@@ -187,3 +187,10 @@ def test_turn_list_links_to_the_review_queue_and_the_report(admin_client):
     page = admin_client.get("/admin/chat/turn/").content.decode()
 
     assert REVIEW_URL in page and "/admin/reports/feedback/" in page
+
+
+def test_admin_index_links_the_review_queue_for_staff_who_may_label(admin_client, client):
+    assert REVIEW_URL in admin_client.get("/admin/").content.decode()
+
+    client.force_login(UserFactory(is_staff=True))
+    assert REVIEW_URL not in client.get("/admin/").content.decode()
