@@ -213,18 +213,12 @@ def main() -> None:
             f"answering /health/ {app_ready:.1f}s after spawn"
         )
         if args.importtime:
-            log = (root / "app.log").read_text(errors="replace")
-            imported = sorted(
-                {
-                    line.split("|")[-1].strip()
-                    for line in log.splitlines()
-                    if line.startswith("import time:")
-                    and line.split("|")[-1].strip().startswith("mlflow")
-                }
-            )
+            log = (root / "app.log").read_text(errors="replace").splitlines()
+            timed = [line.split("|")[-1].strip() for line in log if line.startswith("import time:")]
+            mlflow = sorted({name for name in timed if name.split(".")[0] == "mlflow"})
             print(
-                f"modules named mlflow* imported by gunicorn (master or workers): "
-                f"{len(imported)} {imported[:5]}"
+                f"gunicorn (master and workers) imported {len(timed)} modules, "
+                f"{len(mlflow)} of them mlflow*: {mlflow[:5]}"
             )
     finally:
         stack.stop()
