@@ -278,6 +278,21 @@ def test_two_instances_and_two_of_each_worker_deliver_every_turn_and_feedback_on
             # (a vote changed before it was delivered is delivered once, with its final value).
             assert len(feedback) <= (2 if n % 3 == 0 else 1), (n, feedback)
 
+        # The operator's commands work from the workers' environment (the tracing SDK) too.
+        for args in (
+            ["audit_traces"],
+            ["traces", "search", "--user", "topology", "--format", "json"],
+        ):
+            done = subprocess.run(
+                [WORKER_PYTHON, "manage.py", *args],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
+        assert done.stdout.count("topo-") == TURNS, done.stdout[-2000:]
+
         for name in procs.running:
             if name.startswith("deliver"):
                 assert "Traceback" not in procs.log(name), procs.log(name)
