@@ -1,12 +1,13 @@
-"""Production traces with corrected answers as an MLflow evaluation dataset."""
+"""Production traces with corrected answers as an MLflow evaluation dataset.
+
+Needs the full `mlflow` package (`mlflow.genai.datasets` is not in the tracing SDK): the
+`export_eval_dataset` command runs in the full environment (.venv), never in .venv-sdk.
+"""
 
 from __future__ import annotations
 
-import mlflow
-from mlflow.exceptions import MlflowException
-
 from chat.tracing.errors import TrackingUnavailable, short
-from chat.tracing.setup import experiment_id
+from chat.tracing.setup import experiment_id, mlflow_api
 
 
 def merge_into_eval_dataset(
@@ -18,6 +19,8 @@ def merge_into_eval_dataset(
     Returns the dataset's record count. Raises: TrackingUnavailable.
     """
     # Imported here: the datasets module pulls in pandas, and only exports need it.
+    mlflow = mlflow_api()
+    from mlflow.exceptions import MlflowException
     from mlflow.genai import datasets
 
     exp_id = experiment_id()
