@@ -225,6 +225,8 @@ LLM_SYSTEM_PROMPT = env.str(
 
 # --- MLflow tracing -------------------------------------------------------------------------------
 TRACING_ENABLED = env.bool("TRACING_ENABLED", default=True)
+# Mask e-mail addresses, phone numbers and card numbers in every recorded trace (off by default).
+TRACE_REDACT_PII = env.bool("TRACE_REDACT_PII", default=False)
 MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default=f"sqlite:///{VAR_DIR / 'mlflow.db'}")
 # Only used when the tracking URI is a local SQLite store: keeps ./mlruns out of the checkout.
 MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "mlartifacts"))

@@ -1,0 +1,127 @@
+"""A turn called with a W3C traceparent joins the caller's trace and passes it on to the LLM."""
+
+import uuid
+
+import pytest
+
+from chat import tracing
+from chat.models import TraceExport, Turn
+
+pytestmark = pytest.mark.django_db
+
+CALLER_SPAN = "f0f067aa0ba902b7"  # high bit set: a span id past 2**63 survives the JSON row
+# Only in headers that must be ignored: never becomes a trace id.
+IGNORED_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@pytest.fixture
+def caller() -> str:
+    """A fresh caller trace id per test: MLflow's trace ids are global to the store."""
+    return uuid.uuid4().hex
+
+
+def traceparent(caller: str) -> str:
+    return f"00-{caller}-{CALLER_SPAN}-01"
+
+
+def _post(api, headers, message="Where is my parcel?", **body):
+    response = api.post("/api/chat/", {"message": message, **body}, format="json", headers=headers)
+    assert response.status_code == 200
+    if body.get("stream"):
+        b"".join(response.streaming_content)  # the turn runs as the stream is read
+    return response
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_a_turn_called_with_a_traceparent_is_part_of_the_callers_trace(
+    stream, caller, api, llm_server, get_trace
+):
+    response = _post(api, {"traceparent": traceparent(caller)}, stream=stream)
+    trace_id = f"tr-{caller}"
+    if not stream:
+        assert response.json()["trace_id"] == trace_id
+    assert Turn.objects.get().trace_id == trace_id
+
+    trace = get_trace(trace_id)
+
+    assert trace.info.trace_id == trace_id
+    assert str(getattr(trace.info.state, "value", trace.info.state)) == "OK"
+    spans = {s.name: s for s in trace.data.spans}
+    assert spans["chat_turn"].parent_id == CALLER_SPAN
+    assert spans["llm"].parent_id == spans["chat_turn"].span_id
+    assert {s.trace_id for s in trace.data.spans} == {trace_id}
+    # The LLM endpoint was called inside the turn's llm span, and was told so.
+    (headers,) = llm_server.chat_headers()
+    assert headers["traceparent"] == f"00-{caller}-{spans['llm'].span_id}-01"
+    # The audit sees nothing wrong with a root span whose parent lives in another service.
+    export = TraceExport.objects.get()
+    assert tracing.trace_problems([trace_id], {trace_id: export.payload}) == {trace_id: ""}
+
+
+def test_the_callers_tracestate_goes_on_to_the_llm(caller, api, llm_server):
+    _post(api, {"traceparent": traceparent(caller), "tracestate": "vendor=abc,other=1"})
+    (headers,) = llm_server.chat_headers()
+    assert headers["tracestate"] == "vendor=abc,other=1"
+
+
+def test_without_a_traceparent_the_llm_is_told_the_turns_own_trace(api, llm_server, get_trace):
+    body = _post(api, {}).json()
+    spans = {s.name: s for s in get_trace(body["trace_id"]).data.spans}
+    assert spans["chat_turn"].parent_id is None
+    (headers,) = llm_server.chat_headers()
+    assert headers["traceparent"] == f"00-{body['trace_id'][3:]}-{spans['llm'].span_id}-01"
+    assert "tracestate" not in headers
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "garbage",
+        f"00-{IGNORED_TRACE}-{CALLER_SPAN}",  # no flags
+        f"ff-{IGNORED_TRACE}-{CALLER_SPAN}-01",  # version 255 is invalid
+        f"00-{'0' * 32}-{CALLER_SPAN}-01",  # all-zero trace id
+        f"00-{IGNORED_TRACE}-{'0' * 16}-01",  # all-zero span id
+        f"00-{IGNORED_TRACE.upper()}-{CALLER_SPAN}-01",  # hex must be lower case
+        f"00-{IGNORED_TRACE}-{CALLER_SPAN}-01-extra",  # version 00 has exactly four fields
+        f"00-{IGNORED_TRACE}1-{CALLER_SPAN}-01",
+        "00-" + "é" * 32 + f"-{CALLER_SPAN}-01",
+        "x" * 4000,
+    ],
+)
+def test_a_malformed_traceparent_is_ignored_and_the_turn_traced_on_its_own(value, api, get_trace):
+    body = _post(api, {"traceparent": value}).json()
+    assert body["trace_id"] != f"tr-{IGNORED_TRACE}"
+    spans = {s.name: s for s in get_trace(body["trace_id"]).data.spans}
+    assert spans["chat_turn"].parent_id is None
+
+
+def test_a_later_version_of_the_header_is_read_for_its_first_four_fields(caller, api):
+    body = _post(api, {"traceparent": f"01-{caller}-{CALLER_SPAN}-01-future"}).json()
+    assert body["trace_id"] == f"tr-{caller}"
+
+
+def test_a_second_turn_under_the_same_caller_span_gets_a_trace_of_its_own(caller, api, get_trace):
+    first = _post(api, {"traceparent": traceparent(caller)}, message="one").json()
+    second = _post(api, {"traceparent": traceparent(caller)}, message="two").json()
+
+    assert first["trace_id"] == f"tr-{caller}"
+    assert second["trace_id"] != first["trace_id"]
+    root = {s.name: s for s in get_trace(second["trace_id"]).data.spans}["chat_turn"]
+    assert root.parent_id is None
+    assert root.attributes["caller.trace_id"] == caller
+    assert root.attributes["caller.span_id"] == CALLER_SPAN
+    assert get_trace(first["trace_id"]).info.request_preview == "one"
+
+
+def test_turns_racing_into_one_callers_trace_each_keep_one_trace(caller, api, monkeypatch):
+    from chat import selectors
+
+    # As if both had checked before either stored its trace.
+    monkeypatch.setattr(selectors, "trace_recorded", lambda **_: False)
+    first = _post(api, {"traceparent": traceparent(caller)}, message="one").json()
+    second = _post(api, {"traceparent": traceparent(caller)}, message="two").json()
+
+    assert first["trace_id"] == f"tr-{caller}" != second["trace_id"]
+    turn = Turn.objects.get(client_request_id=second["client_request_id"])
+    assert turn.trace_id == second["trace_id"]
+    assert TraceExport.objects.get(turn=turn).trace_id == second["trace_id"]
