@@ -125,3 +125,29 @@ def test_turns_racing_into_one_callers_trace_each_keep_one_trace(caller, api, mo
     turn = Turn.objects.get(client_request_id=second["client_request_id"])
     assert turn.trace_id == second["trace_id"]
     assert TraceExport.objects.get(turn=turn).trace_id == second["trace_id"]
+
+
+def test_turns_that_joined_a_callers_trace_export_as_evaluation_records(api, deliver_until_settled):
+    import mlflow.genai.datasets
+
+    from feedback import services as feedback_services
+
+    for message in ("first question", "second question"):
+        turn = _post(api, {"traceparent": traceparent(uuid.uuid4().hex)}, message=message).json()
+        api.put(
+            f"/api/messages/{turn['message_id']}/feedback/",
+            {"is_correct": False, "expected_response": f"better answer to {message}"},
+            format="json",
+        )
+    deliver_until_settled()
+
+    name = f"joined-{uuid.uuid4().hex[:8]}"
+    result = feedback_services.eval_dataset_export(name=name)
+
+    assert (result.traces, result.records) == (2, 2)
+    records = mlflow.genai.datasets.get_dataset(name=name).to_df()
+    by_question = {r["inputs"]["messages"][0]["content"]: r for _, r in records.iterrows()}
+    assert set(by_question) == {"first question", "second question"}
+    assert by_question["first question"]["expectations"] == {
+        "expected_response": "better answer to first question"
+    }
