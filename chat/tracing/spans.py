@@ -169,6 +169,11 @@ class TurnTrace(Span):
         self.response_text: str | None = None
         if not join_caller:
             self.leave_caller_trace()
+        if self.caller is not None:
+            # The trace info may end up the caller's (whichever tracer writes it last): who
+            # asked stays on this turn's own root span.
+            self.set_attribute("chat.user_id", self.user_id)
+            self.set_attribute(USERNAME_KEY, username)
         # Chat-shaped inputs/outputs: the MLflow UI shows them as a conversation.
         self.set_inputs(
             {

@@ -151,3 +151,34 @@ def test_turns_that_joined_a_callers_trace_export_as_evaluation_records(api, del
     assert by_question["first question"]["expectations"] == {
         "expected_response": "better answer to first question"
     }
+
+
+@pytest.mark.parametrize("caller_first", [True, False], ids=["caller-first", "turn-first"])
+def test_a_caller_traced_with_mlflow_sees_the_turn_inside_its_own_trace(
+    caller_first, api, user, mlflow_experiment
+):
+    import mlflow
+    from mlflow.tracing import get_tracing_context_headers_for_http_request
+
+    from tests.conftest import deliver_traces
+
+    with mlflow.start_span("upstream_agent") as caller_span:
+        headers = get_tracing_context_headers_for_http_request()
+        body = _post(api, headers, message="asked by an agent").json()
+        if not caller_first:
+            deliver_traces()
+    mlflow.flush_trace_async_logging()
+    deliver_traces()
+
+    assert body["trace_id"] == caller_span.trace_id
+    trace = mlflow.MlflowClient().get_trace(caller_span.trace_id)
+    spans = {s.name: s for s in trace.data.spans}
+    assert set(spans) == {"upstream_agent", "chat_turn", "load_history", "llm"}
+    assert spans["chat_turn"].parent_id == caller_span.span_id
+    # Whichever tracer wrote the trace info last, the turn's own span says who asked.
+    assert spans["chat_turn"].attributes["chat.user_id"] == str(user.pk)
+    assert spans["chat_turn"].attributes["chat.username"] == user.username
+    assert spans["chat_turn"].inputs["client_request_id"] == body["client_request_id"]
+    export = TraceExport.objects.get()
+    problems = tracing.trace_problems([body["trace_id"]], {body["trace_id"]: export.payload})
+    assert problems == {body["trace_id"]: ""}
