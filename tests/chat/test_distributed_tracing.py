@@ -182,3 +182,31 @@ def test_a_caller_traced_with_mlflow_sees_the_turn_inside_its_own_trace(
     export = TraceExport.objects.get()
     problems = tracing.trace_problems([body["trace_id"]], {body["trace_id"]: export.payload})
     assert problems == {body["trace_id"]: ""}
+
+
+def test_repairing_a_half_written_turn_in_a_callers_trace_keeps_the_callers_spans(
+    api, mlflow_experiment
+):
+    import mlflow
+    from mlflow.tracing import get_tracing_context_headers_for_http_request
+
+    from chat import audit
+    from tests.conftest import deliver_traces
+
+    with mlflow.start_span("upstream_agent"):
+        body = _post(api, get_tracing_context_headers_for_http_request()).json()
+    mlflow.flush_trace_async_logging()
+    deliver_traces()
+    # As if one of the turn's spans never reached MLflow.
+    export = TraceExport.objects.get()
+    lost = {**export.payload["spans"][-1], "span_id": 12345, "name": "lost_span"}
+    export.payload["spans"].append(lost)
+    export.save(update_fields=["payload"])
+
+    found = audit.traces_audit()
+    assert found.problems == {body["trace_id"]: "half-written (3 of 4 spans)"}
+    assert audit.traces_repair(found) == 1
+
+    names = {s.name for s in mlflow.MlflowClient().get_trace(body["trace_id"]).data.spans}
+    assert names == {"upstream_agent", "chat_turn", "load_history", "llm", "lost_span"}
+    assert not audit.traces_audit().problems
