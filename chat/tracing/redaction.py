@@ -9,6 +9,7 @@ installed here; see docs/tracing.md for the measured cost per turn.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -70,6 +71,9 @@ def _numbers(match: re.Match) -> str:
     return masked[len(before) : len(masked) - len(after)]
 
 
+# A turn's trace holds each text about three times (root span, LLM span, preview) and the next
+# turn's LLM span the whole history again: masked once per process, not once per appearance.
+@functools.lru_cache(maxsize=512)
 def redact_text(text: str) -> str:
     """The text with e-mail addresses, card numbers (Luhn-checked) and phone numbers masked."""
     if "@" in text:
