@@ -210,3 +210,34 @@ def test_repairing_a_half_written_turn_in_a_callers_trace_keeps_the_callers_span
     names = {s.name for s in mlflow.MlflowClient().get_trace(body["trace_id"]).data.spans}
     assert names == {"upstream_agent", "chat_turn", "load_history", "llm", "lost_span"}
     assert not audit.traces_audit().problems
+
+
+@pytest.mark.slow
+def test_through_a_tracking_server_a_masked_turn_joins_the_callers_trace(
+    tmp_path, caller, settings, api, llm_server
+):
+    import mlflow
+
+    from tests.conftest import deliver_traces
+    from tests.mlflow_server import MlflowServer
+
+    settings.TRACE_REDACT_PII = True
+    server = MlflowServer(tmp_path / "server")
+    server.start()
+    try:
+        assert tracing.configure(tracking_uri=server.url, experiment_name="distributed")
+        message = "I am jane@example.com, card 4111 1111 1111 1111"
+        body = _post(api, {"traceparent": traceparent(caller)}, message=message).json()
+        deliver_traces()
+
+        trace = mlflow.MlflowClient(server.url).get_trace(body["trace_id"])
+        assert trace.info.trace_id == f"tr-{caller}"
+        assert str(getattr(trace.info.state, "value", trace.info.state)) == "OK"
+        assert trace.info.request_preview == "I am [EMAIL], card [CARD]"
+        spans = {s.name: s for s in trace.data.spans}
+        assert spans["chat_turn"].parent_id == CALLER_SPAN
+        assert spans["llm"].inputs["messages"][-1]["content"] == "I am [EMAIL], card [CARD]"
+        (headers,) = llm_server.chat_headers()
+        assert headers["traceparent"] == f"00-{caller}-{spans['llm'].span_id}-01"
+    finally:
+        server.stop()
