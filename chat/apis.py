@@ -145,7 +145,7 @@ class ChatApi(APIView):
             session_id=session_id,
             client_request_id=client_request_id,
             endpoint=endpoint,
-            caller=tracing.caller_context(request.headers),
+            caller=tracing.caller_context(request.headers) if settings.TRACE_JOIN_CALLERS else None,
         )
         request_id = claim.turn.client_request_id
         if wants_stream:

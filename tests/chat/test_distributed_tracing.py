@@ -95,6 +95,14 @@ def test_a_malformed_traceparent_is_ignored_and_the_turn_traced_on_its_own(value
     assert spans["chat_turn"].parent_id is None
 
 
+def test_callers_traces_are_not_joined_when_switched_off(caller, settings, api, llm_server):
+    settings.TRACE_JOIN_CALLERS = False
+    body = _post(api, {"traceparent": traceparent(caller)}).json()
+    assert body["trace_id"] != f"tr-{caller}"
+    (headers,) = llm_server.chat_headers()
+    assert headers["traceparent"].startswith(f"00-{body['trace_id'][3:]}-")
+
+
 def test_a_later_version_of_the_header_is_read_for_its_first_four_fields(caller, api):
     body = _post(api, {"traceparent": f"01-{caller}-{CALLER_SPAN}-01-future"}).json()
     assert body["trace_id"] == f"tr-{caller}"
