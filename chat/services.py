@@ -182,7 +182,7 @@ def turn_answer(claim: TurnClaim) -> TurnReply:
     try:
         with _trace_for(claim) as trace:
             prompt = _prompt_for(turn, claim.message)
-            reply = _llm_complete(prompt)
+            reply = _llm_complete(prompt, caller=claim.caller)
             if trace is not None:
                 trace.finish(response=reply.content)
     except Exception as exc:
@@ -221,7 +221,7 @@ def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
             prompt = _prompt_for(turn, claim.message)
             model = get_chat_model()
             with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
-                stream = model.stream(prompt, trace_headers=span.trace_headers())
+                stream = model.stream(prompt, trace_headers=_trace_headers(span, claim.caller))
                 for piece in stream:
                     yield StreamEvent("token", {"text": piece})
                 span.record_reply(stream.reply)
@@ -300,10 +300,15 @@ def _as_dicts(prompt: list[ChatMessage]) -> list[dict]:
     return [m.as_dict() for m in prompt]
 
 
-def _llm_complete(prompt: list[ChatMessage]) -> LLMReply:
+def _trace_headers(span: tracing.Span, caller: tracing.CallerContext | None) -> dict[str, str]:
+    """The LLM call's trace context: its span's, or with tracing off the caller's, passed on."""
+    return span.trace_headers() or tracing.passed_on(caller)
+
+
+def _llm_complete(prompt: list[ChatMessage], *, caller: tracing.CallerContext | None) -> LLMReply:
     model = get_chat_model()
     with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
-        reply = model.complete(prompt, trace_headers=span.trace_headers())
+        reply = model.complete(prompt, trace_headers=_trace_headers(span, caller))
         span.record_reply(reply)
     return reply
 

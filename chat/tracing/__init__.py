@@ -18,7 +18,7 @@ from chat.tracing.assessments import (
     assessments_by_trace,
     sync_assessments,
 )
-from chat.tracing.context import CallerContext, caller_context
+from chat.tracing.context import CallerContext, caller_context, passed_on
 from chat.tracing.datasets import merge_into_eval_dataset
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, UnsafeFilterValue
 from chat.tracing.export import (
@@ -86,6 +86,7 @@ __all__ = [
     "llm_span",
     "merge_into_eval_dataset",
     "new_trace_id",
+    "passed_on",
     "search_traces",
     "session_ui_url",
     "sync_assessments",

@@ -49,6 +49,14 @@ def caller_context(headers: Mapping[str, str]) -> CallerContext | None:
     return CallerContext(trace_id, span_id, state if _TRACESTATE.fullmatch(state) else "")
 
 
+def passed_on(caller: CallerContext | None) -> dict[str, str]:
+    """The caller's own headers, for a call made while this process records no trace."""
+    if caller is None:
+        return {}
+    headers = {TRACEPARENT: traceparent(trace_id=caller.trace_id, span_id=caller.span_id)}
+    return {**headers, TRACESTATE: caller.tracestate} if caller.tracestate else headers
+
+
 def traceparent(*, trace_id: int, span_id: int) -> str:
     """The `traceparent` naming one of our spans (sampled: every turn's trace is recorded)."""
     return f"00-{trace_id:032x}-{span_id:016x}-01"

@@ -103,6 +103,16 @@ def test_callers_traces_are_not_joined_when_switched_off(caller, settings, api, 
     assert headers["traceparent"].startswith(f"00-{body['trace_id'][3:]}-")
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "streamed"])
+def test_with_tracing_off_the_callers_context_is_passed_on_to_the_llm_as_it_came(
+    stream, caller, settings, api, llm_server
+):
+    settings.TRACING_ENABLED = False
+    _post(api, {"traceparent": traceparent(caller), "tracestate": "v=1"}, stream=stream)
+    (headers,) = llm_server.chat_headers()
+    assert (headers["traceparent"], headers["tracestate"]) == (traceparent(caller), "v=1")
+
+
 def test_a_later_version_of_the_header_is_read_for_its_first_four_fields(caller, api):
     body = _post(api, {"traceparent": f"01-{caller}-{CALLER_SPAN}-01-future"}).json()
     assert body["trace_id"] == f"tr-{caller}"
