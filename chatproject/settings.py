@@ -225,6 +225,11 @@ LLM_SYSTEM_PROMPT = env.str(
 
 # --- MLflow tracing -------------------------------------------------------------------------------
 TRACING_ENABLED = env.bool("TRACING_ENABLED", default=True)
+# Mask e-mail addresses, phone numbers and card numbers in every recorded trace (off by default).
+TRACE_REDACT_PII = env.bool("TRACE_REDACT_PII", default=False)
+# Honour a caller's W3C traceparent (join its trace). Off where the API faces clients whose
+# trace ids mean nothing to you: the header can place a turn in a trace, never say who asked.
+TRACE_JOIN_CALLERS = env.bool("TRACE_JOIN_CALLERS", default=True)
 MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default=f"sqlite:///{VAR_DIR / 'mlflow.db'}")
 # Only used when the tracking URI is a local SQLite store: keeps ./mlruns out of the checkout.
 MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "mlartifacts"))
