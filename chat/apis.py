@@ -35,6 +35,13 @@ SESSION_ID_HEADER = OpenApiParameter(
     OpenApiParameter.HEADER,
     description="Conversation id; same meaning as `session_id` in the body.",
 )
+TRACEPARENT_HEADER = OpenApiParameter(
+    "traceparent",
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="W3C trace context of a calling service (`00-<32 hex>-<16 hex>-<2 hex>`): the "
+    "turn's trace joins that trace, under that span. A malformed value is ignored.",
+)
 
 
 def request_id_from(request: Request) -> str | None:
@@ -130,7 +137,7 @@ class ChatApi(APIView):
             # start / token / done events (or one error event), each one JSON object.
             (200, "text/event-stream"): OpenApiTypes.OBJECT,
         },
-        parameters=[REQUEST_ID_HEADER, SESSION_ID_HEADER],
+        parameters=[REQUEST_ID_HEADER, SESSION_ID_HEADER, TRACEPARENT_HEADER],
     )
     def post(self, request: Request, endpoint: str = "api_chat") -> Response:
         serializer = self.InputSerializer(data=request.data)
@@ -147,6 +154,7 @@ class ChatApi(APIView):
             session_id=session_id,
             client_request_id=client_request_id,
             endpoint=endpoint,
+            caller=tracing.caller_context(request.headers) if settings.TRACE_JOIN_CALLERS else None,
         )
         request_id = claim.turn.client_request_id
         if wants_stream:

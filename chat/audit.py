@@ -97,12 +97,18 @@ def _check(batch: dict[str, dict], audit: TraceAudit, total: int, progress: Prog
 def traces_repair(audit: TraceAudit, *, progress: Progress = None) -> int:
     """Write again, from the database, every trace the audit found wrong, missing or stuck.
 
-    A half-written or wrong trace is deleted first, so the rewrite leaves no stale spans or keys.
-    Traces without a turn are reported, never deleted: they may be someone's evidence.
+    A half-written or wrong trace is deleted first, so the rewrite leaves no stale spans or keys,
+    unless it joined a caller's trace: deleting it would take the caller's spans too, so it is
+    only written again (spans are upserts). Traces without a turn are reported, never deleted:
+    they may be someone's evidence.
     Returns how many traces were written. Raises: tracing.TrackingUnavailable.
     """
     to_write = [*audit.problems, *audit.overdue, *audit.failed]
-    tracing.delete_traces([t for t, p in audit.problems.items() if p != "missing"])
+    rows = TraceExport.objects.filter(trace_id__in=list(audit.problems)).only("trace_id", "payload")
+    joined = {row.trace_id for row in rows if row.payload["spans"][0]["parent_id"] is not None}
+    tracing.delete_traces(
+        [t for t, p in audit.problems.items() if p != "missing" and t not in joined]
+    )
     written = 0
     for start in range(0, len(to_write), BATCH):
         chunk = to_write[start : start + BATCH]

@@ -1,11 +1,15 @@
-"""The one seam to the LLM: a deterministic local responder, or any OpenAI-compatible API."""
+"""The one seam to the LLM: a deterministic local responder, or any OpenAI-compatible API.
+
+`trace_headers` (the W3C `traceparent` of the turn's LLM span, from `Span.trace_headers`) go on
+the HTTP request, so a traced model server joins the turn's trace.
+"""
 
 from __future__ import annotations
 
 import functools
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -58,12 +62,19 @@ class ReplyStream:
         return "".join(self._seen)
 
 
+TraceHeaders = Mapping[str, str]
+
+
 class ChatModel(Protocol):
     model: str
 
-    def complete(self, messages: Sequence[ChatMessage]) -> LLMReply: ...
+    def complete(
+        self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
+    ) -> LLMReply: ...
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream: ...
+    def stream(
+        self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
+    ) -> ReplyStream: ...
 
 
 def _count_tokens(text: str) -> int:
@@ -80,13 +91,17 @@ class LocalResponder:
         # Simulated generation speed, so streaming looks and measures like a real model.
         self.token_delay_s = token_delay_s
 
-    def complete(self, messages: Sequence[ChatMessage]) -> LLMReply:
+    def complete(
+        self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
+    ) -> LLMReply:
         stream = self.stream(messages)
         for _ in stream:
             pass
         return stream.reply
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(
+        self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
+    ) -> ReplyStream:
         content = self.reply_text(messages)
         prompt_tokens = sum(_count_tokens(m.content) + 4 for m in messages)
 
@@ -138,11 +153,15 @@ class OpenAICompatibleChat:
             base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0
         )
 
-    def complete(self, messages: Sequence[ChatMessage]) -> LLMReply:
+    def complete(
+        self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
+    ) -> LLMReply:
         """Raises: LLMTimeout, LLMUnavailable."""
         with self._errors():
             completion = self._client.chat.completions.create(
-                model=self.model, messages=[m.as_dict() for m in messages]
+                model=self.model,
+                messages=[m.as_dict() for m in messages],
+                extra_headers=dict(trace_headers or {}),
             )
         self._check_choices(completion)
         content = completion.choices[0].message.content
@@ -154,7 +173,9 @@ class OpenAICompatibleChat:
             completion_tokens=usage.completion_tokens if usage else _count_tokens(content),
         )
 
-    def stream(self, messages: Sequence[ChatMessage]) -> ReplyStream:
+    def stream(
+        self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
+    ) -> ReplyStream:
         """Raises (while iterating too): LLMTimeout, LLMUnavailable."""
         usage: dict = {}
         model_name = [self.model]
@@ -166,6 +187,7 @@ class OpenAICompatibleChat:
                     messages=[m.as_dict() for m in messages],
                     stream=True,
                     stream_options={"include_usage": True},
+                    extra_headers=dict(trace_headers or {}),
                 )
                 for chunk in chunks:
                     model_name[0] = chunk.model or model_name[0]

@@ -121,6 +121,11 @@ def trace_search(
 LATENCY_BUCKETS_MS = (50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
 
+def trace_recorded(*, otel_trace_id: int) -> bool:
+    """Whether a turn already recorded a trace under this OpenTelemetry trace id."""
+    return TraceExport.objects.filter(trace_id=tracing.new_trace_id(otel_trace_id)).exists()
+
+
 def trace_backlog() -> dict:
     """Traces by delivery state, how many were repaired, and the oldest one still waiting."""
     by_state = dict(

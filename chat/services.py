@@ -33,6 +33,7 @@ class TurnClaim:
     message: str
     endpoint: str
     replay: Message | None = None
+    caller: tracing.CallerContext | None = None  # the upstream span this turn's trace joins
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def turn_begin(
     session_id=None,
     client_request_id: str | None = None,
     endpoint: str = "chat",
+    caller: tracing.CallerContext | None = None,
 ) -> TurnClaim:
     """Store the question and claim its turn; a repeated request id is claimed as a replay.
 
@@ -97,7 +99,7 @@ def turn_begin(
                 client_request_id=client_request_id,
                 endpoint=endpoint,
             )
-            return TurnClaim(turn=turn, message=message, endpoint=endpoint)
+            return TurnClaim(turn=turn, message=message, endpoint=endpoint, caller=caller)
         except IntegrityError:
             # A concurrent request with the same id won the insert: treat this one as its replay.
             existing = selectors.turn_get_by_request_id(
@@ -106,7 +108,7 @@ def turn_begin(
             if existing is None:
                 raise
     return _turn_replay_or_claim(
-        existing, message=message, session_id=session_id, endpoint=endpoint
+        existing, message=message, session_id=session_id, endpoint=endpoint, caller=caller
     )
 
 
@@ -135,7 +137,9 @@ def _turn_start(
     return turn
 
 
-def _turn_replay_or_claim(turn: Turn, *, message: str, session_id, endpoint: str) -> TurnClaim:
+def _turn_replay_or_claim(
+    turn: Turn, *, message: str, session_id, endpoint: str, caller: tracing.CallerContext | None
+) -> TurnClaim:
     """A completed turn is replayed; a failed (or abandoned) one is claimed for another attempt.
 
     Raises: RequestIdConflict when the id belongs to a different message or a running turn.
@@ -162,7 +166,7 @@ def _turn_replay_or_claim(turn: Turn, *, message: str, session_id, endpoint: str
             "A turn with this X-Request-ID is still being answered; retry in a few seconds."
         )
     turn.refresh_from_db()
-    return TurnClaim(turn=turn, message=message, endpoint=endpoint)
+    return TurnClaim(turn=turn, message=message, endpoint=endpoint, caller=caller)
 
 
 def turn_answer(claim: TurnClaim) -> TurnReply:
@@ -178,7 +182,7 @@ def turn_answer(claim: TurnClaim) -> TurnReply:
     try:
         with _trace_for(claim) as trace:
             prompt = _prompt_for(turn, claim.message)
-            reply = _llm_complete(prompt)
+            reply = _llm_complete(prompt, caller=claim.caller)
             if trace is not None:
                 trace.finish(response=reply.content)
     except Exception as exc:
@@ -217,7 +221,7 @@ def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
             prompt = _prompt_for(turn, claim.message)
             model = get_chat_model()
             with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
-                stream = model.stream(prompt)
+                stream = model.stream(prompt, trace_headers=_trace_headers(span, claim.caller))
                 for piece in stream:
                     yield StreamEvent("token", {"text": piece})
                 span.record_reply(stream.reply)
@@ -263,13 +267,19 @@ def _start_payload(turn: Turn, *, trace_id: str | None) -> dict:
 
 
 def _trace_for(claim: TurnClaim):
-    """The root span of the claimed turn's trace: its user, conversation and request id."""
+    """The root span of the claimed turn's trace: its user, conversation, request id and caller."""
+    caller = claim.caller
+    # A caller's trace already recorded by another turn (or attempt) is not joined twice.
+    taken = caller is not None and selectors.trace_recorded(otel_trace_id=caller.trace_id)
     return tracing.turn_trace(
         message=claim.message,
         user_id=claim.turn.user_id,
+        username=claim.turn.user.get_username(),
         session_id=str(claim.turn.session_id),
         client_request_id=claim.turn.client_request_id,
         endpoint=claim.endpoint,
+        caller=caller,
+        join_caller=not taken,
     )
 
 
@@ -290,10 +300,15 @@ def _as_dicts(prompt: list[ChatMessage]) -> list[dict]:
     return [m.as_dict() for m in prompt]
 
 
-def _llm_complete(prompt: list[ChatMessage]) -> LLMReply:
+def _trace_headers(span: tracing.Span, caller: tracing.CallerContext | None) -> dict[str, str]:
+    """The LLM call's trace context: its span's, or with tracing off the caller's, passed on."""
+    return span.trace_headers() or tracing.passed_on(caller)
+
+
+def _llm_complete(prompt: list[ChatMessage], *, caller: tracing.CallerContext | None) -> LLMReply:
     model = get_chat_model()
     with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
-        reply = model.complete(prompt)
+        reply = model.complete(prompt, trace_headers=_trace_headers(span, caller))
         span.record_reply(reply)
     return reply
 
@@ -329,6 +344,7 @@ def _turn_complete(
         )
         ChatSession.objects.filter(pk=turn.session_id).update(updated_at=now)
         _trace_store(turn, trace)
+        fields["trace_id"] = _id(trace) or ""  # it changes when the trace left a caller's trace
     for name, value in fields.items():
         setattr(turn, name, value)
     return reply_message
@@ -361,10 +377,24 @@ def _turn_fail(
 
 def _trace_store(turn: Turn, trace: tracing.TurnTrace | None) -> None:
     """Queue the attempt's complete trace for delivery to MLflow (inside the turn's transaction)."""
-    if trace is not None:
+    if trace is None:
+        return
+    try:
+        with transaction.atomic():  # a savepoint: the turn's transaction goes on either way
+            TraceExport.objects.create(
+                turn=turn, trace_id=trace.trace_id, payload=trace.payload(), next_attempt_at=None
+            )
+    except IntegrityError:
+        if trace.caller is None:
+            raise
+        # Two turns joined one caller's trace at once (`_trace_for` checked before either had
+        # stored it): the later one takes a trace id of its own, as it would have sequentially.
+        trace.leave_caller_trace()
         TraceExport.objects.create(
             turn=turn, trace_id=trace.trace_id, payload=trace.payload(), next_attempt_at=None
         )
+        Turn.objects.filter(pk=turn.pk).update(trace_id=trace.trace_id)
+        turn.trace_id = trace.trace_id
 
 
 def _elapsed_ms(started: float) -> int:

@@ -226,6 +226,11 @@ LLM_SYSTEM_PROMPT = env.str(
 
 # --- MLflow tracing -------------------------------------------------------------------------------
 TRACING_ENABLED = env.bool("TRACING_ENABLED", default=True)
+# Mask e-mail addresses, phone numbers and card numbers in every recorded trace (off by default).
+TRACE_REDACT_PII = env.bool("TRACE_REDACT_PII", default=False)
+# Honour a caller's W3C traceparent (join its trace). Off where the API faces clients whose
+# trace ids mean nothing to you: the header can place a turn in a trace, never say who asked.
+TRACE_JOIN_CALLERS = env.bool("TRACE_JOIN_CALLERS", default=True)
 MLFLOW_TRACKING_URI = env.str("MLFLOW_TRACKING_URI", default=f"sqlite:///{VAR_DIR / 'mlflow.db'}")
 # Only used when the tracking URI is a local SQLite store: keeps ./mlruns out of the checkout.
 MLFLOW_ARTIFACT_ROOT = env.str("MLFLOW_ARTIFACT_ROOT", default=str(VAR_DIR / "mlartifacts"))
@@ -255,6 +260,10 @@ FEEDBACK_DELIVERY_THREADS = env.int("FEEDBACK_DELIVERY_THREADS", default=4)
 # While feedback waits out an outage, the worker checks this often whether MLflow is back.
 FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
 FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
+
+# --- Review queue (admin) -------------------------------------------------------------------------
+# How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).
+REVIEW_CLAIM_S = env.float("REVIEW_CLAIM_S", default=300.0)
 
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")

@@ -1,12 +1,11 @@
 from django.contrib import admin
-from django.contrib.auth import views as auth_views
 from django.urls import include, path
 from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from chat.apis import ChatApi
 from chatproject.ops import health, metrics
-from chatproject.pages import SignInView, chat_page
+from chatproject.pages import SignInView, SignOutView, chat_page
 from feedback.apis import SeedFeedbackApi
 from feedback.views import feedback_report_page
 
@@ -35,5 +34,5 @@ urlpatterns = [
     path("chat/", chat_page, name="chat-home"),
     path("chat/<uuid:session_id>/", chat_page, name="chat-session"),
     path("accounts/login/", SignInView.as_view(), name="login"),
-    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("accounts/logout/", SignOutView.as_view(), name="logout"),
 ]

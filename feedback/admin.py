@@ -8,19 +8,20 @@ from collections import Counter
 
 from django.conf import settings
 from django.contrib import admin, messages
-from django.db.models import OuterRef, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
-from django.urls import reverse
+from django.urls import path, reverse
 from django.utils.html import format_html
 
 from chat import tracing
 from chat.admin import TurnAdmin
-from chat.models import Turn
+from chat.models import Message, Turn
 from feedback import selectors, services
 from feedback.exceptions import TurnNotRateable
 from feedback.forms import ExpectedResponseForm
 from feedback.models import Feedback
+from feedback.review import review_page
 
 ADMIN_DELIVERY_DEADLINE_S = 10.0
 
@@ -81,7 +82,9 @@ def set_expected_response(modeladmin, request, queryset):
         **modeladmin.admin_site.each_context(request),
         "title": "Set the expected response",
         "form": form,
-        "turns": queryset.select_related("user", "session"),
+        "turns": queryset.select_related("user", "session").prefetch_related(
+            Prefetch("messages", queryset=Message.objects.order_by("id"))
+        ),
         "opts": modeladmin.model._meta,
     }
     return TemplateResponse(request, "admin/feedback/set_expected_response.html", context)
@@ -264,6 +267,10 @@ class LabelledTurnAdmin(TurnAdmin):
             comment = obj.fb_comment
             parts.append(f"“{comment[:60]}…”" if len(comment) > 60 else f"“{comment}”")
         return " · ".join(parts) or "-"
+
+    def get_urls(self):
+        review = self.admin_site.admin_view(lambda request: review_page(self, request))
+        return [path("review/", review, name="chat_turn_review"), *super().get_urls()]
 
     def has_label_permission(self, request) -> bool:
         return request.user.has_perm("feedback.add_feedback") and request.user.has_perm(

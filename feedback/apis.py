@@ -147,7 +147,7 @@ class MessageFeedbackApi(APIView):
 
 
 class FeedbackReportApi(APIView):
-    """Staff: turns, feedback rate, positive rate, mean rating and corrections per group."""
+    """Staff: per group, turns and users' feedback, with staff labels counted apart."""
 
     permission_classes = [IsAdminUser]
 
@@ -167,6 +167,12 @@ class FeedbackReportApi(APIView):
         positive_rate = serializers.FloatField(allow_null=True)
         mean_rating = serializers.FloatField(allow_null=True)
         corrections = serializers.IntegerField()
+        labelled_turns = serializers.IntegerField()
+        labels = serializers.IntegerField()
+        labels_judged = serializers.IntegerField()
+        labels_positive = serializers.IntegerField()
+        label_positive_rate = serializers.FloatField(allow_null=True)
+        label_corrections = serializers.IntegerField()
         not_in_mlflow = serializers.IntegerField()
 
     ReportSerializer = type(

@@ -76,3 +76,18 @@ class Feedback(models.Model):
     @property
     def value(self) -> bool | int | None:
         return self.rating if self.rating is not None else self.is_correct
+
+
+class ReviewClaim(models.Model):
+    """A staff member's hold on a turn in the review queue: nobody else is shown it meanwhile."""
+
+    turn = models.OneToOneField(
+        Turn, on_delete=models.CASCADE, primary_key=True, related_name="review_claim"
+    )
+    reviewer = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+"
+    )
+    expires_at = models.DateTimeField(db_index=True)
+
+    def __str__(self) -> str:
+        return f"Turn {self.turn_id} held by {self.reviewer} until {self.expires_at:%H:%M:%S}"

@@ -1,9 +1,10 @@
 """Reads, scoped to the person asking: someone else's turn or feedback does not exist (404)."""
 
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import date, datetime
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet
+from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import TruncDate
 from django.http import Http404
 from django.shortcuts import get_object_or_404
@@ -11,7 +12,7 @@ from django.shortcuts import get_object_or_404
 from chat import selectors as chat_selectors
 from chat.delivery import due
 from chat.models import Message, TraceExport, Turn
-from feedback.models import Feedback
+from feedback.models import Feedback, ReviewClaim
 
 
 def turn_by_request_id(*, user: AbstractBaseUser, client_request_id: str) -> Turn:
@@ -84,7 +85,9 @@ def feedback_report(
 ) -> list[dict]:
     """Turn and feedback counts per group, from the ORM (fast, and the source of truth).
 
-    `not_in_mlflow` counts feedback MLflow does not show yet (pending or failed delivery):
+    Users' feedback (from the person who asked) and staff labels (feedback from anyone else, as
+    the review queue counts them) are counted apart: a label is a judgement, not a user's vote.
+    `not_in_mlflow` counts either kind that MLflow does not show yet (pending or failed delivery):
     where this report and MLflow disagree.
     """
     turns = Turn.objects.filter(status=Turn.Status.COMPLETED)
@@ -93,19 +96,27 @@ def feedback_report(
     if until:
         turns = turns.filter(created_at__lt=until)
     live = Q(feedback__withdrawn=False)
-    judged = live & (Q(feedback__is_correct__isnull=False) | Q(feedback__rating__isnull=False))
-    positive = live & (Q(feedback__is_correct=True) | Q(feedback__rating__gte=4))
+    vote = Q(feedback__is_correct__isnull=False) | Q(feedback__rating__isnull=False)
+    good = Q(feedback__is_correct=True) | Q(feedback__rating__gte=4)
+    corrected = ~Q(feedback__expected_response="")
+    own = live & Q(feedback__user_id=F("user_id"))
+    label = live & ~Q(feedback__user_id=F("user_id"))
     rows = (
         turns.annotate(group=REPORT_GROUPS[group_by])
         .values("group")
         .annotate(
             turns=Count("id", distinct=True),
-            rated_turns=Count("id", filter=live, distinct=True),
-            feedback_count=Count("feedback", filter=live),
-            judged=Count("feedback", filter=judged),
-            positive=Count("feedback", filter=positive),
-            mean_rating=Avg("feedback__rating", filter=live),
-            corrections=Count("feedback", filter=live & ~Q(feedback__expected_response="")),
+            rated_turns=Count("id", filter=own, distinct=True),
+            feedback_count=Count("feedback", filter=own),
+            judged=Count("feedback", filter=own & vote),
+            positive=Count("feedback", filter=own & good),
+            mean_rating=Avg("feedback__rating", filter=own),
+            corrections=Count("feedback", filter=own & corrected),
+            labelled_turns=Count("id", filter=label, distinct=True),
+            labels=Count("feedback", filter=label),
+            labels_judged=Count("feedback", filter=label & vote),
+            labels_positive=Count("feedback", filter=label & good),
+            label_corrections=Count("feedback", filter=label & corrected),
             not_in_mlflow=Count(
                 "feedback",
                 filter=Q(feedback__isnull=False)
@@ -118,12 +129,17 @@ def feedback_report(
     for row in rows:
         row["feedback"] = row.pop("feedback_count")  # "feedback" is the relation in the query
         row["feedback_rate"] = round(row["rated_turns"] / row["turns"], 4) if row["turns"] else 0
-        row["positive_rate"] = round(row["positive"] / row["judged"], 4) if row["judged"] else None
+        row["positive_rate"] = _rate(row["positive"], row["judged"])
+        row["label_positive_rate"] = _rate(row["labels_positive"], row["labels_judged"])
         if row["mean_rating"] is not None:
             row["mean_rating"] = round(row["mean_rating"], 2)
         row["group"] = str(row["group"]) if row["group"] not in (None, "") else "(none)"
         report.append(row)
     return report
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
 
 
 def corrected_trace_ids(*, since: datetime | None = None, turn_ids=None) -> tuple[list[str], int]:
@@ -158,3 +174,111 @@ def feedback_backlog() -> dict:
         .values_list("delivery_state", "n")
     )
     return {state: by_state.get(state, 0) for state in Feedback.Delivery.values}
+
+
+# --- The review queue --------------------------------------------------------------------------
+
+REVIEW_SIGNALS = {
+    "disliked": "Thumbs down or rated 1-2",
+    "thumbs_down": "Thumbs down",
+    "low_rating": "Rated 1-2",
+    "commented": "With a user comment",
+    "any": "Every answered turn",
+}
+REVIEW_ORDERS = {"newest": "Newest first", "worst": "Worst first"}
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    signal: str = "disliked"
+    unlabelled: bool = True
+    app_version: str = ""
+    environment: str = ""
+    since: date | None = None
+    order: str = "newest"
+
+
+def _owners_feedback() -> QuerySet[Feedback]:
+    return Feedback.objects.filter(turn=OuterRef("pk"), user=OuterRef("user_id"), withdrawn=False)
+
+
+def _labelled() -> Exists:
+    """Someone other than the turn's owner (staff) has labelled it."""
+    return Exists(
+        Feedback.objects.filter(turn=OuterRef("pk"), withdrawn=False).exclude(
+            user=OuterRef("user_id")
+        )
+    )
+
+
+def review_matching(*, filters: ReviewFilter) -> QuerySet[Turn]:
+    """Answered turns matching the filters, labelled or not, in review order."""
+    own = _owners_feedback()
+    signals = {
+        "disliked": Exists(own.filter(Q(is_correct=False) | Q(rating__lte=2))),
+        "thumbs_down": Exists(own.filter(is_correct=False)),
+        "low_rating": Exists(own.filter(rating__lte=2)),
+        "commented": Exists(own.exclude(comment="")),
+    }
+    turns = Turn.objects.filter(
+        status=Turn.Status.COMPLETED, session__deleted_at__isnull=True
+    ).annotate(
+        owner_rating=Subquery(own.values("rating")[:1]),
+        owner_is_correct=Subquery(own.values("is_correct")[:1]),
+    )
+    if filters.signal in signals:
+        turns = turns.filter(signals[filters.signal])
+    if filters.app_version:
+        turns = turns.filter(app_version=filters.app_version)
+    if filters.environment:
+        turns = turns.filter(environment=filters.environment)
+    if filters.since:
+        turns = turns.filter(created_at__date__gte=filters.since)
+    if filters.order == "worst":
+        # Thumbs down and the lowest ratings first, then the newest.
+        return turns.order_by(
+            F("owner_is_correct").asc(nulls_last=True),
+            F("owner_rating").asc(nulls_last=True),
+            "-created_at",
+            "-id",
+        )
+    return turns.order_by("-created_at", "-id")
+
+
+def review_queue(*, filters: ReviewFilter, reviewer: AbstractBaseUser, now: datetime):
+    """What `reviewer` may be shown next: matching, unlabelled (unless asked), not held."""
+    turns = review_matching(filters=filters)
+    if filters.unlabelled:
+        turns = turns.filter(~_labelled())
+    held = ReviewClaim.objects.filter(turn=OuterRef("pk"), expires_at__gt=now).exclude(
+        reviewer=reviewer
+    )
+    return turns.filter(~Exists(held))
+
+
+def review_progress(*, filters: ReviewFilter) -> tuple[int, int]:
+    """(labelled, matching) for the filters, whoever labelled them."""
+    counts = (
+        review_matching(filters=filters)
+        .order_by()
+        .aggregate(total=Count("pk"), labelled=Count("pk", filter=Q(_labelled())))
+    )
+    return counts["labelled"], counts["total"]
+
+
+def review_context(*, turn: Turn, history: int = 10) -> dict:
+    """The conversation up to `turn`, its question and answer, and the owner's feedback."""
+    messages = list(
+        Message.objects.filter(session_id=turn.session_id, turn__created_at__lte=turn.created_at)
+        .exclude(turn__status__in=[Turn.Status.FAILED])
+        .select_related("turn")
+        .order_by("-created_at", "-id")[: history * 2 + 2]
+    )[::-1]
+    earlier = [m for m in messages if m.turn_id != turn.pk]
+    mine = [m for m in messages if m.turn_id == turn.pk]
+    return {
+        "history": earlier,
+        "question": next((m for m in mine if m.role == Message.Role.USER), None),
+        "answer": next((m for m in mine if m.role == Message.Role.ASSISTANT), None),
+        "owner_feedback": feedback_of(user=turn.user, turn=turn),
+    }

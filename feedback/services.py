@@ -12,14 +12,14 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -27,7 +27,7 @@ from chat import tracing
 from chat.models import Turn
 from feedback import selectors
 from feedback.exceptions import TurnNotRateable
-from feedback.models import Feedback
+from feedback.models import Feedback, ReviewClaim
 
 logger = logging.getLogger(__name__)
 
@@ -348,3 +348,72 @@ def eval_dataset_export(
     trace_ids, waiting = selectors.corrected_trace_ids(since=since, turn_ids=turn_ids)
     records = tracing.merge_into_eval_dataset(name=name, trace_ids=trace_ids, progress=progress)
     return EvalExport(traces=len(trace_ids), waiting=waiting, records=records)
+
+
+# --- The review queue --------------------------------------------------------------------------
+
+
+def review_claim_next(
+    *,
+    reviewer: AbstractBaseUser,
+    filters: selectors.ReviewFilter,
+    skip: Sequence[int] = (),
+    now: datetime | None = None,
+) -> Turn | None:
+    """Hold the next turn of the queue for `reviewer` (nobody else is shown it meanwhile).
+
+    The turn already held by this reviewer comes back first (a reload shows the same item).
+    """
+    now = now or timezone.now()
+    until = now + timedelta(seconds=settings.REVIEW_CLAIM_S)
+    queue = selectors.review_queue(filters=filters, reviewer=reviewer, now=now).exclude(
+        pk__in=list(skip)
+    )
+    for turn in queue.filter(review_claim__reviewer=reviewer)[:1]:
+        ReviewClaim.objects.filter(turn=turn, reviewer=reviewer).update(expires_at=until)
+        return turn
+    for turn in queue[:20]:
+        # Two reviewers racing for one turn: the claim row's primary key lets one through.
+        with transaction.atomic():
+            taken = ReviewClaim.objects.filter(turn=turn, expires_at__lte=now).update(
+                reviewer=reviewer, expires_at=until
+            )
+        if taken:
+            return turn
+        try:
+            with transaction.atomic():
+                ReviewClaim.objects.create(turn=turn, reviewer=reviewer, expires_at=until)
+        except IntegrityError:
+            continue
+        return turn
+    return None
+
+
+def review_label(
+    *,
+    reviewer: AbstractBaseUser,
+    turn: Turn,
+    is_correct: bool,
+    expected_response: str = "",
+) -> Feedback:
+    """Label a turn from the review queue (MLflow gets it through the delivery worker).
+
+    Raises: TurnNotRateable.
+    """
+    earlier = selectors.feedback_of(user=reviewer, turn=turn)
+    feedback, _ = feedback_submit(
+        user=reviewer,
+        turn=turn,
+        is_correct=is_correct,
+        comment=earlier.comment if earlier else "",
+        # An empty box keeps a correction this reviewer set before rather than erasing it.
+        expected_response=expected_response or UNSET,
+    )
+    review_release(reviewer=reviewer, turn=turn)
+    return feedback
+
+
+def review_release(*, reviewer: AbstractBaseUser, turn: Turn | None = None) -> None:
+    """Let go of a held turn (labelled, or skipped), or of all `reviewer` holds, for others."""
+    held = ReviewClaim.objects.filter(reviewer=reviewer)
+    (held.filter(turn=turn) if turn is not None else held).delete()

@@ -17,6 +17,7 @@ def feedback_report_page(request):
     for row in rows:
         row["turns_pct"] = round(100 * row["turns"] / widest)
         row["positive_pct"] = round(100 * (row["positive_rate"] or 0))
+        row["label_positive_pct"] = round(100 * (row["label_positive_rate"] or 0))
         row["feedback_pct"] = round(100 * row["feedback_rate"])
     context = {
         **admin.site.each_context(request),

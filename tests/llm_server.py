@@ -24,7 +24,9 @@ class FakeOpenAIServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
-                server.requests.append({"path": self.path, "body": body})
+                server.requests.append(
+                    {"path": self.path, "body": body, "headers": dict(self.headers.items())}
+                )
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
                 if server.mode == "error":
@@ -98,6 +100,14 @@ class FakeOpenAIServer:
     def base_url(self) -> str:
         host, port = self._httpd.server_address[:2]
         return f"http://{host}:{port}/v1"
+
+    def chat_headers(self) -> list[dict]:
+        """The HTTP headers of each chat-completions request, names in lower case."""
+        return [
+            {k.lower(): v for k, v in r["headers"].items()}
+            for r in self.requests
+            if r["path"].rstrip("/") == "/v1/chat/completions"
+        ]
 
     def chat_requests(self) -> list[dict]:
         return [r["body"] for r in self.requests if r["path"].rstrip("/") == "/v1/chat/completions"]

@@ -2,6 +2,8 @@
 
 - `setup`: configure once per process, where traces go, deployment metadata.
 - `spans`: a chat turn's trace, recorded in memory on the request path (no MLflow call).
+- `context`: W3C trace context, to join a caller's trace and pass ours on.
+- `redaction`: masking personal data in a recorded trace (`TRACE_REDACT_PII`).
 - `export`: writing recorded traces to MLflow, complete and idempotent (the delivery process).
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
@@ -17,6 +19,7 @@ from chat.tracing.assessments import (
     assessments_by_trace,
     sync_assessments,
 )
+from chat.tracing.context import CallerContext, caller_context, passed_on
 from chat.tracing.datasets import merge_into_eval_dataset
 from chat.tracing.erasure import (
     TracesErased,
@@ -53,10 +56,20 @@ from chat.tracing.setup import (
     tracking_health,
     tracking_reachable,
 )
-from chat.tracing.spans import Span, TurnTrace, history_span, llm_span, turn_trace
+from chat.tracing.spans import (
+    USERNAME_KEY,
+    Span,
+    TurnTrace,
+    history_span,
+    llm_span,
+    new_trace_id,
+    turn_trace,
+)
 
 __all__ = [
     "EXPECTATION_NAME",
+    "USERNAME_KEY",
+    "CallerContext",
     "ORDERINGS",
     "SAFE_KEY",
     "SAFE_VALUE",
@@ -71,6 +84,7 @@ __all__ = [
     "TurnTrace",
     "UnsafeFilterValue",
     "assessments_by_trace",
+    "caller_context",
     "configure",
     "deployment_metadata",
     "experiment_id",
@@ -84,6 +98,8 @@ __all__ = [
     "is_ready",
     "llm_span",
     "merge_into_eval_dataset",
+    "new_trace_id",
+    "passed_on",
     "remaining_assessments",
     "search_traces",
     "session_ui_url",

@@ -1,4 +1,7 @@
-"""Human feedback on a trace: make MLflow's assessments match what the database says."""
+"""Human feedback on a trace: make MLflow's assessments match what the database says.
+
+MLflow is imported on first use (see `setup.mlflow_api`); every call here is in its tracing SDK.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import mlflow
-from mlflow.entities import AssessmentSource
-from mlflow.exceptions import MlflowException
-from mlflow.tracing.client import TracingClient
-
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, short
+from chat.tracing.setup import mlflow_api, tracking_uri
 
 ASSESSMENT_KEY = "chat.feedback_id"
 EXPECTATION_NAME = "expected_response"
@@ -36,6 +35,10 @@ def sync_assessments(
     Returns the (feedback, expectation) assessment ids, "" for none.
     Raises: TraceNotFound, TrackingUnavailable.
     """
+    mlflow_api()
+    from mlflow.entities import AssessmentSource
+    from mlflow.exceptions import MlflowException
+
     source = AssessmentSource(source_type="HUMAN", source_id=source_id)
     metadata = {ASSESSMENT_KEY: key}
     try:
@@ -56,10 +59,12 @@ def sync_assessments(
 
 
 def _our_assessments(trace_id: str, key: str) -> list:
-    trace = mlflow.MlflowClient().get_trace(trace_id, display=False)
+    from mlflow.tracing.client import TracingClient
+
+    info = TracingClient(tracking_uri()).get_trace_info(trace_id)
     return [
         a
-        for a in (trace.info.assessments or [])
+        for a in (info.assessments or [])
         if (a.metadata or {}).get(ASSESSMENT_KEY) == key and a.valid is not False
     ]
 
@@ -72,7 +77,7 @@ def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
     kept = next((a for a in current if a.name == name), None)
     _delete(trace_id, [a for a in current if a is not kept])
     if kept is None:
-        created = mlflow.log_feedback(
+        created = mlflow_api().log_feedback(
             trace_id=trace_id,
             name=name,
             value=value,
@@ -89,7 +94,7 @@ def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
     )
     if unchanged:
         return kept.assessment_id
-    created = mlflow.override_feedback(
+    created = mlflow_api().override_feedback(
         trace_id=trace_id,
         assessment_id=kept.assessment_id,
         value=value,
@@ -107,7 +112,7 @@ def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
         return ""
     if kept is not None:
         return kept.assessment_id
-    created = mlflow.log_expectation(
+    created = mlflow_api().log_expectation(
         trace_id=trace_id, name=EXPECTATION_NAME, value=desired, source=source, metadata=metadata
     )
     return created.assessment_id
@@ -115,7 +120,7 @@ def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
 
 def _delete(trace_id: str, assessments) -> None:
     for assessment in assessments:
-        mlflow.delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)
+        mlflow_api().delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,10 @@ def assessments_by_trace(trace_ids: Sequence[str]) -> dict[str, list[StoredAsses
 
     Raises: TrackingUnavailable.
     """
-    client = TracingClient(mlflow.get_tracking_uri())
+    mlflow_api()
+    from mlflow.tracing.client import TracingClient
+
+    client = TracingClient(tracking_uri())
     try:
         infos = client.store.batch_get_trace_infos(list(trace_ids))
     except Exception as exc:

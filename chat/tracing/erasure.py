@@ -6,6 +6,9 @@ not the files under its `mlflow.artifactLocation` (MLflow's own tracer writes
 `traces/<id>/artifacts/traces.json` there). So the files go first, while the trace row still says
 where they are; a retry after a crash between the two finds the folder from the experiment's
 artifact root instead. Every step is safe to repeat.
+
+MLflow is imported on first use (see `setup.mlflow_api`); every call here is in its tracing SDK,
+so the delivery workers can take back a trace whose row an erasure deleted mid-write.
 """
 
 from __future__ import annotations
@@ -16,17 +19,16 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import mlflow
-from mlflow.exceptions import MlflowException
-from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-from mlflow.tracing.client import TracingClient
 
 from chat.tracing.assessments import ASSESSMENT_KEY
 from chat.tracing.errors import TrackingUnavailable, short
 from chat.tracing.search import TraceQuery, trace_filter_string
-from chat.tracing.setup import experiment_id
+from chat.tracing.setup import experiment_id, mlflow_api, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.tracing.client import TracingClient
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +43,10 @@ class TracesErased:
 
 
 def _client() -> TracingClient:
-    return TracingClient(mlflow.get_tracking_uri())
+    mlflow_api()
+    from mlflow.tracing.client import TracingClient
+
+    return TracingClient(tracking_uri())
 
 
 def _chunks(items: Sequence[str]) -> Iterable[list[str]]:
@@ -112,6 +117,9 @@ def _remove_artifacts(trace_id: str, location: str) -> bool:
             return False
         shutil.rmtree(folder)
         return True
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
     try:
         repository = get_artifact_repository(location)
         if not repository.list_artifacts():
@@ -130,7 +138,7 @@ def _remove_artifacts(trace_id: str, location: str) -> bool:
 
 def _experiment_traces_folder(exp_id: str) -> str | None:
     """Where a local store keeps its traces' files (to find them once the trace row is gone)."""
-    local = _local_path(mlflow.MlflowClient().get_experiment(exp_id).artifact_location)
+    local = _local_path(_client().store.get_experiment(exp_id).artifact_location)
     return os.path.join(local, "traces") if local else None
 
 
@@ -200,6 +208,9 @@ def erase_assessments(
         raise ValueError("erase_assessments needs a source_id or a key")
     removed = 0
     try:
+        mlflow = mlflow_api()
+        from mlflow.exceptions import MlflowException
+
         for info in _infos(list(dict.fromkeys(trace_ids))):
             for assessment in _matching(info, source_id=source_id, key=key):
                 try:

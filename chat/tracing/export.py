@@ -5,6 +5,10 @@ exporter makes (`start_trace` for the trace info, `log_spans`), but synchronousl
 reach the caller instead of a log line, and for a whole batch at once. Both are upserts keyed by
 the trace id and span ids chosen when the turn was recorded, so writing the same trace again
 adds nothing.
+
+MLflow is imported inside the functions (see `setup.mlflow_api`): importing this module, as every
+web worker does through the package, costs nothing. Every call used here is in MLflow's tracing
+SDK (`mlflow-tracing`), so the delivery process can run on it.
 """
 
 from __future__ import annotations
@@ -13,26 +17,16 @@ import json
 import logging
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
-import mlflow
 from django.conf import settings
-from mlflow.entities import Span, SpanStatus, TraceInfo, TraceLocation, TraceState
-from mlflow.exceptions import MlflowException
-from mlflow.store.tracking.rest_store import RestStore
-from mlflow.tracing.client import TracingClient
-from mlflow.tracing.constant import (
-    TRACE_SCHEMA_VERSION,
-    TRACE_SCHEMA_VERSION_KEY,
-    SpanAttributeKey,
-    TraceMetadataKey,
-    TraceTagKey,
-)
-from mlflow.tracing.utils import build_otel_context, dump_span_attribute_value
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan
 
 from chat.tracing.errors import TrackingUnavailable, short
-from chat.tracing.setup import experiment_id
+from chat.tracing.setup import experiment_id, mlflow_api, tracking_uri
+
+if TYPE_CHECKING:
+    from mlflow.entities import Span, TraceInfo
+    from mlflow.tracing.client import TracingClient
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +34,20 @@ logger = logging.getLogger(__name__)
 REFUSALS = {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_DOES_NOT_EXIST", "INVALID_STATE"}
 
 
+def _client() -> TracingClient:
+    mlflow_api()
+    from mlflow.tracing.client import TracingClient
+
+    return TracingClient(tracking_uri())
+
+
 def _span(trace_id: str, data: dict) -> Span:
+    from mlflow.entities import Span, SpanStatus
+    from mlflow.tracing.constant import SpanAttributeKey
+    from mlflow.tracing.utils import build_otel_context, dump_span_attribute_value
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import ReadableSpan
+
     otel_trace_id = int(trace_id[3:], 16)
     attributes = {
         SpanAttributeKey.REQUEST_ID: trace_id,
@@ -68,6 +75,15 @@ def _span(trace_id: str, data: dict) -> Span:
 
 def build(payload: dict, exp_id: str) -> tuple[TraceInfo, list[Span]]:
     """MLflow's entities for one recorded trace (see `spans.TurnTrace.payload`)."""
+    from mlflow.entities import TraceInfo, TraceLocation, TraceState
+    from mlflow.tracing.constant import (
+        TRACE_SCHEMA_VERSION,
+        TRACE_SCHEMA_VERSION_KEY,
+        SpanAttributeKey,
+        TraceMetadataKey,
+        TraceTagKey,
+    )
+
     trace_id = payload["trace_id"]
     spans = [_span(trace_id, data) for data in payload["spans"]]
     metadata = {
@@ -107,10 +123,13 @@ def write_traces(payloads: Sequence[dict]) -> dict[str, str]:
     Raises: TrackingUnavailable when the tracking store is not configured, refused every trace
     info, or refused the spans.
     """
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.tracking.rest_store import RestStore
+
     exp_id = experiment_id()
     if exp_id is None:
         raise TrackingUnavailable("tracing is not configured or the tracking store is down")
-    client = TracingClient(mlflow.get_tracking_uri())
+    client = _client()
     built = [build(payload, exp_id) for payload in payloads]
 
     def commit(info: TraceInfo) -> tuple[str, str]:
@@ -153,7 +172,7 @@ def trace_problems(trace_ids: Sequence[str], expected: dict[str, dict]) -> dict[
     client request id, user, session, deployment metadata and tags.
     Raises: TrackingUnavailable.
     """
-    client = TracingClient(mlflow.get_tracking_uri())
+    client = _client()
     problems: dict[str, str] = {}
     try:
         traces = {t.info.trace_id: t for t in client.batch_get_traces(list(trace_ids))}
@@ -169,12 +188,21 @@ def trace_problems(trace_ids: Sequence[str], expected: dict[str, dict]) -> dict[
 
 
 def _compare(trace, payload: dict) -> str:
+    from mlflow.tracing.constant import TraceMetadataKey
+
     info = trace.info
     state = str(getattr(info.state, "value", info.state))
     if state != payload["state"]:
         return f"half-written (state {state}, expected {payload['state']})"
-    if len(trace.data.spans) != len(payload["spans"]):
-        return f"half-written ({len(trace.data.spans)} of {len(payload['spans'])} spans)"
+    # Our spans, by id: a trace that joined a caller's trace also holds the caller's spans.
+    stored = {span.span_id for span in trace.data.spans}
+    have = sum(f"{span['span_id']:016x}" in stored for span in payload["spans"])
+    if have != len(payload["spans"]):
+        return f"half-written ({have} of {len(payload['spans'])} spans)"
+    if payload["spans"][0]["parent_id"] is not None:
+        # It joined a caller's trace: the trace info is the caller's to write too (its tracer's
+        # last write wins), and a repair must not delete the caller's spans over it.
+        return ""
     metadata = info.trace_metadata or {}
     wanted = {
         "client_request_id": (info.client_request_id, payload["client_request_id"]),
@@ -196,9 +224,7 @@ def delete_traces(trace_ids: Sequence[str]) -> int:
     if exp_id is None or not trace_ids:
         return 0
     try:
-        return TracingClient(mlflow.get_tracking_uri()).delete_traces(
-            experiment_id=exp_id, trace_ids=list(trace_ids)
-        )
+        return _client().delete_traces(experiment_id=exp_id, trace_ids=list(trace_ids))
     except Exception as exc:
         raise TrackingUnavailable(short(exc)) from exc
 
@@ -211,7 +237,9 @@ def experiment_trace_ids(*, since_ms: int | None = None) -> list[str]:
     exp_id = experiment_id()
     if exp_id is None:
         raise TrackingUnavailable("tracing is not configured or the tracking store is down")
-    client = TracingClient(mlflow.get_tracking_uri())
+    from mlflow.exceptions import MlflowException
+
+    client = _client()
     found, token = [], None
     filter_string = f"attributes.timestamp_ms >= {int(since_ms)}" if since_ms else None
     try:

@@ -1,4 +1,7 @@
-"""Finding this app's traces by user, session, request id, tags, deployment and feedback."""
+"""Finding this app's traces by user, session, request id, tags, deployment and feedback.
+
+MLflow is imported on the first search (see `setup.mlflow_api`), with its tracing SDK's client.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +10,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import mlflow
-
 from chat.tracing.errors import TrackingUnavailable, UnsafeFilterValue, short
 from chat.tracing.links import trace_ui_url
-from chat.tracing.setup import experiment_id
+from chat.tracing.setup import experiment_id, mlflow_api, tracking_uri
 
 # Values go into MLflow's filter grammar inside single quotes; anything outside these sets is
 # refused before a filter string is built, so no input can change the filter's meaning.
@@ -102,8 +103,11 @@ def search_traces(
     exp_id = experiment_id()
     if exp_id is None:
         raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    mlflow_api()
+    from mlflow.tracing.client import TracingClient
+
     try:
-        page = mlflow.MlflowClient().search_traces(
+        page = TracingClient(tracking_uri()).search_traces(
             locations=[exp_id],
             filter_string=trace_filter_string(query) or None,
             max_results=page_size,

@@ -4,7 +4,8 @@ A turn's trace is recorded as plain data (names, nanosecond timestamps, inputs, 
 stored in the database with the turn's answer, in the same transaction. The delivery process
 (`manage.py deliver_traces`) writes it to MLflow later with the original timestamps and ids, so a
 tracking-server outage, a full queue or a killed worker cannot lose it, and the request never
-waits on export work. See docs/tracing.md.
+waits on export work. With `TRACE_REDACT_PII` on, the payload is masked as it is serialised, so
+the stored row and MLflow hold the same masked trace. See docs/tracing.md.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
+from chat.tracing.context import CallerContext, traceparent
+from chat.tracing.redaction import redact, redact_text
 from chat.tracing.setup import deployment_metadata
 
 PREVIEW_CHARS = 1000
@@ -27,6 +30,8 @@ PAYLOAD_VERSION = 1
 # MLflow's span types and attribute keys, as plain strings: this module never imports MLflow.
 CHAIN, MEMORY, CHAT_MODEL = "CHAIN", "MEMORY", "CHAT_MODEL"
 CHAT_USAGE = "mlflow.chat.tokenUsage"
+# Beside `mlflow.trace.user` (the stable id): who that is, as the MLflow UI shows metadata.
+USERNAME_KEY = "chat.username"
 
 _current: contextvars.ContextVar[TurnTrace | None] = contextvars.ContextVar(
     "chat_turn_trace", default=None
@@ -42,9 +47,9 @@ class ChatReply(Protocol):
     completion_tokens: int
 
 
-def new_trace_id() -> str:
+def new_trace_id(otel_trace_id: int | None = None) -> str:
     """MLflow's id format for a trace in an experiment: "tr-" + the 32-hex OpenTelemetry id."""
-    return f"tr-{uuid.uuid4().hex}"
+    return f"tr-{otel_trace_id:032x}" if otel_trace_id else f"tr-{uuid.uuid4().hex}"
 
 
 class Span:
@@ -70,6 +75,17 @@ class Span:
     @property
     def trace_id(self) -> str | None:
         return self.trace.trace_id if self.trace is not None else None
+
+    def trace_headers(self) -> dict[str, str]:
+        """W3C headers naming this span, for an HTTP call made inside it ({} outside a trace)."""
+        if self.trace is None:
+            return {}
+        own = traceparent(trace_id=self.trace.otel_trace_id, span_id=self.span_id)
+        headers = {"traceparent": own}
+        caller = self.trace.caller
+        if caller is not None and caller.tracestate:
+            headers["tracestate"] = caller.tracestate
+        return headers
 
     def set_inputs(self, inputs: Any) -> None:
         self.data["inputs"] = inputs
@@ -120,7 +136,9 @@ class Span:
 class TurnTrace(Span):
     """The root span of one chat turn, with who asked, where, which request and which deployment.
 
-    Its `payload()` is everything MLflow needs to store the complete trace later.
+    Its `payload()` is everything MLflow needs to store the complete trace later. Called by an
+    upstream service with a `traceparent` (`caller`), it is part of that caller's trace: the
+    caller's trace id, and the caller's span as its root span's parent.
     """
 
     def __init__(
@@ -128,20 +146,34 @@ class TurnTrace(Span):
         *,
         message: str,
         user_id: int,
+        username: str,
         session_id: str,
         client_request_id: str,
         endpoint: str,
+        caller: CallerContext | None = None,
+        join_caller: bool = True,
     ):
-        self.trace_id_value = new_trace_id()
-        super().__init__(self, "chat_turn", CHAIN, None)
+        self.caller = caller
+        self.otel_trace_id = caller.trace_id if caller else uuid.uuid4().int
+        self.trace_id_value = new_trace_id(self.otel_trace_id)
+        super().__init__(self, "chat_turn", CHAIN, caller.span_id if caller else None)
         self.spans: list[Span] = [self]
         self.user_id = str(user_id)
         self.session_id = session_id
         self.client_request_id = client_request_id
-        self.metadata = deployment_metadata()
+        self.metadata = {**deployment_metadata(), USERNAME_KEY: username}
         self.tags = {**settings.TRACE_TAGS, "endpoint": endpoint}
-        self.request_preview = _clip(message)
-        self.response_preview: str | None = None
+        # Previews are clipped from the whole text when serialised, after any masking, so a
+        # clip can never cut a value in two and let its first half through unmasked.
+        self.request_text = message
+        self.response_text: str | None = None
+        if not join_caller:
+            self.leave_caller_trace()
+        if self.caller is not None:
+            # The trace info may end up the caller's (whichever tracer writes it last): who
+            # asked stays on this turn's own root span.
+            self.set_attribute("chat.user_id", self.user_id)
+            self.set_attribute(USERNAME_KEY, username)
         # Chat-shaped inputs/outputs: the MLflow UI shows them as a conversation.
         self.set_inputs(
             {
@@ -155,12 +187,28 @@ class TurnTrace(Span):
     def trace_id(self) -> str:
         return self.trace_id_value
 
+    def leave_caller_trace(self) -> None:
+        """Record under a trace id of our own, naming the caller's span in attributes instead.
+
+        For a turn whose caller's trace id is already another turn's trace (a retry under the
+        same `traceparent`, or one caller span asking twice): one trace per turn stays true.
+        """
+        caller = self.caller
+        if caller is None:
+            return
+        self.caller = None
+        self.otel_trace_id = uuid.uuid4().int
+        self.trace_id_value = new_trace_id(self.otel_trace_id)
+        self.data["parent_id"] = None
+        self.set_attribute("caller.trace_id", f"{caller.trace_id:032x}")
+        self.set_attribute("caller.span_id", f"{caller.span_id:016x}")
+
     def finish(self, *, response: str) -> None:
         """Record the turn's answer."""
         self.set_outputs(
             {"choices": [{"index": 0, "message": {"role": "assistant", "content": response}}]}
         )
-        self.response_preview = _clip(response)
+        self.response_text = response
 
     def mark_disconnected(self, *, partial_response: str) -> None:
         """The client left mid-stream: keep what was generated and say so on the trace."""
@@ -179,6 +227,9 @@ class TurnTrace(Span):
         self.end()
         for span in self.spans:
             span.end()
+        redacting = settings.TRACE_REDACT_PII
+        mask, mask_text = (redact, redact_text) if redacting else (_unchanged, _unchanged)
+        response = self.response_text
         return {
             "v": PAYLOAD_VERSION,
             "trace_id": self.trace_id,
@@ -190,9 +241,9 @@ class TurnTrace(Span):
             "session": self.session_id,
             "metadata": self.metadata,
             "tags": self.tags,
-            "request_preview": self.request_preview,
-            "response_preview": self.response_preview,
-            "spans": [span.data for span in self.spans],
+            "request_preview": _clip(mask_text(self.request_text)),
+            "response_preview": _clip(mask_text(response)) if response is not None else None,
+            "spans": [mask(span.data) for span in self.spans],
         }
 
 
@@ -201,11 +252,14 @@ def turn_trace(
     *,
     message: str,
     user_id: int,
+    username: str,
     session_id: str,
     client_request_id: str,
     endpoint: str,
+    caller: CallerContext | None = None,
+    join_caller: bool = True,
 ) -> Iterator[TurnTrace | None]:
-    """Record one chat turn's trace; yields None when tracing is off.
+    """Record one chat turn's trace (in its caller's trace, given one); None when tracing is off.
 
     An exception leaving the block ends the root span ERROR (and goes on to the caller).
     """
@@ -215,9 +269,12 @@ def turn_trace(
     trace = TurnTrace(
         message=message,
         user_id=user_id,
+        username=username,
         session_id=session_id,
         client_request_id=client_request_id,
         endpoint=endpoint,
+        caller=caller,
+        join_caller=join_caller,
     )
     token = _current.set(trace)
     try:
@@ -257,6 +314,10 @@ def _child_span(name: str, span_type: str) -> Iterator[Span]:
         span.end(exc if not isinstance(exc, GeneratorExit) else None)
         raise
     span.end()
+
+
+def _unchanged(value: Any) -> Any:
+    return value
 
 
 def _clip(text: str, limit: int = PREVIEW_CHARS) -> str:

@@ -33,6 +33,7 @@ def test_a_delivered_trace_is_complete_with_the_turns_own_timings_and_context(
     assert str(info.state.value if hasattr(info.state, "value") else info.state) == "OK"
     assert info.client_request_id == "r-1"
     assert info.trace_metadata["mlflow.trace.user"] == str(user.pk)
+    assert info.trace_metadata["chat.username"] == user.username
     assert info.trace_metadata["mlflow.trace.session"] == body["session_id"]
     assert info.trace_metadata["environment"] == settings.APP_ENVIRONMENT
     assert info.trace_metadata["deployment_id"] == settings.DEPLOYMENT_ID

@@ -59,3 +59,20 @@ def test_child_spans_outside_a_turn_are_no_ops():
     with tracing.llm_span(messages=[{"role": "user", "content": "x"}], model="m") as span:
         span.set_inputs({"x": 1})
     assert span.trace_id is None
+
+
+def test_a_trace_names_its_user_by_username_beside_the_stable_id(
+    settings, mlflow_experiment, get_trace, find_traces
+):
+    from tests.conftest import token_client
+    from tests.factories import UserFactory
+
+    settings.TRACE_REDACT_PII = True  # a username is who asked, not content: kept as it is
+    person = UserFactory(username="zoë.martin@example.com")
+    body = token_client(person).post("/api/chat/", {"message": "hi"}, format="json").json()
+
+    metadata = get_trace(body["trace_id"]).info.trace_metadata
+    assert metadata["mlflow.trace.user"] == str(person.pk)
+    assert metadata[tracing.USERNAME_KEY] == "zoë.martin@example.com"
+    (found,) = find_traces(f"metadata.`{tracing.USERNAME_KEY}` = 'zoë.martin@example.com'")
+    assert found.info.trace_id == body["trace_id"]

@@ -43,12 +43,12 @@ def test_sign_in_chat_stream_rate_reload_and_find_it_on_the_trace(page_for, asse
     )
 
     page.get_by_role("button", name="Bad answer").click()
-    expect(page.locator(".fb-status")).to_have_text("Saved. Thank you!")
+    expect(page.locator(".vote-status")).to_have_text("Bad answer saved. Thank you!")
     page.get_by_text("Comment or suggest a better answer").click()
     page.get_by_label("Comment").fill("It did not mention the reset link")
     page.get_by_label("A better answer").fill("Use Settings > Security > Reset password.")
     page.get_by_role("button", name="Save feedback").click()
-    expect(page.locator(".fb-status")).to_have_text("Saved. Thank you!")
+    expect(page.locator(".save-status")).to_have_text("Feedback saved. Thank you!")
 
     page.reload()
     expect(page.get_by_role("button", name="Bad answer")).to_have_attribute("aria-pressed", "true")
@@ -65,7 +65,9 @@ def test_sign_in_chat_stream_rate_reload_and_find_it_on_the_trace(page_for, asse
         expect(page.locator(".msg.assistant .feedback")).to_have_count(2)
         page.screenshot(path=f"{SCREENSHOTS}/chat-desktop.png")
         page.set_viewport_size({"width": 390, "height": 844})
-        page.screenshot(path=f"{SCREENSHOTS}/chat-phone.png", full_page=True)
+        page.reload()  # opens at the latest message, as on a phone
+        expect(page.get_by_label("Your message")).to_be_focused()
+        page.screenshot(path=f"{SCREENSHOTS}/chat-phone.png")
 
     deliver_all()
     turn = Turn.objects.order_by("id").first()

@@ -1,6 +1,9 @@
 import pytest
 
+from chat.models import Turn
+from feedback import services
 from feedback.models import Feedback
+from tests.factories import UserFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -25,6 +28,12 @@ def test_the_report_by_app_version_matches_hand_computed_numbers(staff_api, worl
         "positive_rate": 0.0,
         "mean_rating": None,
         "corrections": 1,
+        "labelled_turns": 0,
+        "labels": 0,
+        "labels_judged": 0,
+        "labels_positive": 0,
+        "label_positive_rate": None,
+        "label_corrections": 0,
         "not_in_mlflow": 0,
     }
     assert rows["1.5"]["turns"] == 2
@@ -48,6 +57,28 @@ def test_the_report_shows_feedback_mlflow_does_not_have_yet(staff_api, world):
     assert (rows["1.4"]["not_in_mlflow"], rows["1.5"]["not_in_mlflow"]) == (0, 2)
 
 
+def test_staff_labels_are_counted_apart_from_the_users_feedback(staff_api, world):
+    staff = UserFactory(username="reviewer", is_staff=True)
+    t1, t2, t4 = (Turn.objects.get(messages__id=world["turns"][i]["message_id"]) for i in (0, 1, 3))
+    services.feedback_submit(user=staff, turn=t1, is_correct=True, expected_response="Better")
+    services.feedback_submit(user=staff, turn=t2, is_correct=True)
+    services.feedback_submit(user=staff, turn=t4, is_correct=False)
+    services.feedback_submit(user=world["alice"], turn=t4, is_correct=True)  # not her turn
+
+    row = rows_by_group(staff_api.get("/api/reports/feedback/?group_by=app_version"))["1.4"]
+    # The users' own votes are unchanged: alice's false on t1, bob's false on t4.
+    assert (row["rated_turns"], row["feedback"], row["positive"], row["judged"]) == (2, 2, 0, 2)
+    assert row["corrections"] == 1
+    assert (row["labelled_turns"], row["labels"]) == (3, 4)
+    assert (row["labels_positive"], row["labels_judged"], row["label_positive_rate"]) == (
+        3,
+        4,
+        0.75,
+    )
+    assert row["label_corrections"] == 1
+    assert row["not_in_mlflow"] == 4  # the new labels wait for the delivery worker
+
+
 def test_the_report_is_staff_only_and_validates_group_by(api, staff_api, world):
     assert api.get("/api/reports/feedback/?group_by=user").status_code == 403
     assert staff_api.get("/api/reports/feedback/?group_by=bogus").status_code == 400
@@ -58,5 +89,14 @@ def test_the_admin_report_page_shows_the_table_for_staff(admin_client, world, cl
     assert page.status_code == 200
     html = page.content.decode()
     assert "Feedback quality report" in html and ">1.4</th>" in html and "67% (2)" in html
+    assert "<td></td>" not in html.split("<tbody>")[0].split("</tr>")[-2]  # every column headed
+    assert ">Users' feedback</th>" in html and ">Staff labels</th>" in html
+    assert "style=" not in html.split('id="content"')[1]  # CSP: no inline styles of ours
     assert client.get("/admin/reports/feedback/").status_code == 302  # to the login page
     assert b"Quality report" in admin_client.get("/admin/feedback/feedback/").content
+
+
+def test_the_admin_index_links_the_report(admin_client):
+    html = admin_client.get("/admin/").content.decode()
+    assert 'href="/admin/reports/feedback/">Feedback quality report</a>' in html
+    assert "Chat sessions" in html  # the apps' own list is still there

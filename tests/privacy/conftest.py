@@ -3,8 +3,10 @@ import time
 
 import mlflow
 import pytest
+from mlflow.entities.trace_location import MlflowExperimentLocation
 from mlflow.tracing.client import TracingClient
 
+from chat import tracing
 from chat.models import Turn
 from feedback import services as feedback_services
 from tests.factories import UserFactory
@@ -59,6 +61,11 @@ def live_trace_of():
     and `delete_traces` leaves behind."""
 
     def make(user_id: int) -> tuple[str, str]:
+        # Where MLflow's live tracer writes: the app's experiment (the app itself never uses it).
+        mlflow.tracing.set_destination(
+            MlflowExperimentLocation(experiment_id=tracing.experiment_id())
+        )
+
         @mlflow.trace(name="side_channel")
         def answer(question: str) -> str:
             mlflow.update_current_trace(metadata={"mlflow.trace.user": str(user_id)})

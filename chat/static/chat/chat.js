@@ -8,6 +8,8 @@
   const input = document.getElementById("message");
   const sendButton = document.getElementById("send");
   const banner = document.getElementById("banner");
+  const rateLatest = document.getElementById("rate-latest");
+  const sessionsBox = document.getElementById("sessions-box");
   let sessionId = main.dataset.sessionId || null;
 
   function csrfToken() {
@@ -65,6 +67,23 @@
       el.setAttribute("aria-describedby", el.getAttribute("aria-describedby") + messageId)
     );
     item.append(controls);
+    rateLatest.hidden = false;
+  }
+
+  function latestVote() {
+    const votes = list.querySelectorAll(".feedback .vote[data-value=true]");
+    return votes[votes.length - 1] || null;
+  }
+
+  function scrollToLatest() {
+    list.scrollTop = list.scrollHeight;
+  }
+
+  // While an answer streams in, follow it, unless the person scrolled up to read something else.
+  function follow(grow) {
+    const atBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    grow();
+    if (atBottom) scrollToLatest();
   }
 
   // --- Sending, with a streamed answer --------------------------------------------------------
@@ -142,7 +161,7 @@
             bubble.textContent = "";
             started = true;
           }
-          bubble.append(document.createTextNode(data.text));
+          follow(() => bubble.append(document.createTextNode(data.text)));
         } else if (kind === "error") {
           throw new Error(data.detail || "The assistant could not answer.");
         } else if (kind === "done") {
@@ -155,7 +174,7 @@
   }
 
   function finish(item, done) {
-    addFeedbackControls(item, done.message_id);
+    follow(() => addFeedbackControls(item, done.message_id));
     adoptSession(done.session_id);
   }
 
@@ -174,6 +193,8 @@
       sessions.querySelector(".empty")?.remove();
       sessions.prepend(entry);
       document.getElementById("title").textContent = link.textContent;
+      document.getElementById("rename").hidden = false;
+      document.getElementById("delete").hidden = false;
     }
   }
 
@@ -217,15 +238,24 @@
 
   // --- Feedback ----------------------------------------------------------------------------------
 
-  async function saveFeedback(controls, isCorrect) {
-    const status = controls.querySelector(".fb-status");
+  // Each message appears next to the button that was clicked (the vote's beside the votes, the
+  // saved comment's beside Save feedback), so it is in view where the person is looking.
+  function say(status, text, kind) {
+    status.textContent = text;
+    status.classList.toggle("ok", kind === "ok");
+    status.classList.toggle("problem", kind === "problem");
+    if (text) status.scrollIntoView({ block: "nearest" });
+  }
+
+  async function saveFeedback(controls, status, isCorrect) {
+    controls.querySelectorAll(".fb-status").forEach((s) => s !== status && say(s, ""));
     const pressed = controls.querySelector('.vote[aria-pressed="true"]');
     const value = isCorrect !== undefined ? isCorrect : pressed ? pressed.dataset.value === "true" : null;
     if (value === null) {
-      status.textContent = "Choose thumbs up or down first.";
+      say(status, "Choose Good answer or Bad answer first.", "problem");
       return;
     }
-    status.textContent = "Saving…";
+    say(status, "Saving…");
     const response = await fetch("/api/messages/" + controls.dataset.messageId + "/feedback/", {
       method: "PUT",
       headers: headers(),
@@ -237,30 +267,38 @@
     });
     if (isAuthProblem(response.status)) {
       showExpired();
-      status.textContent = "Not saved.";
+      say(status, "Not saved: sign in again.", "problem");
       return;
     }
     if (!response.ok) {
-      status.textContent = "Not saved: " + (await errorText(response));
+      say(status, "Not saved: " + (await errorText(response)), "problem");
       return;
     }
     controls.querySelectorAll(".vote").forEach((b) =>
       b.setAttribute("aria-pressed", String(b.dataset.value === String(value)))
     );
-    status.textContent = "Saved. Thank you!";
+    const what = isCorrect === undefined ? "Feedback saved" : (value ? "Good answer" : "Bad answer") + " saved";
+    say(status, what + ". Thank you!", "ok");
   }
 
   list.addEventListener("click", (event) => {
     const controls = event.target.closest(".feedback");
     if (!controls) return;
     const vote = event.target.closest(".vote");
-    if (vote) saveFeedback(controls, vote.dataset.value === "true");
-    if (event.target.closest(".save-feedback")) saveFeedback(controls);
+    if (vote) saveFeedback(controls, controls.querySelector(".vote-status"), vote.dataset.value === "true");
+    if (event.target.closest(".save-feedback")) saveFeedback(controls, controls.querySelector(".save-status"));
+  });
+
+  rateLatest.addEventListener("click", () => {
+    const vote = latestVote();
+    if (!vote) return;
+    vote.scrollIntoView({ block: "nearest" });
+    vote.focus();
   });
 
   // --- Rename and delete ---------------------------------------------------------------------
 
-  document.getElementById("rename")?.addEventListener("click", async () => {
+  document.getElementById("rename").addEventListener("click", async () => {
     const title = prompt("New title for this conversation:", document.getElementById("title").textContent);
     if (title === null) return;
     const response = await fetch("/api/sessions/" + sessionId + "/", {
@@ -277,7 +315,7 @@
     }
   });
 
-  document.getElementById("delete")?.addEventListener("click", async () => {
+  document.getElementById("delete").addEventListener("click", async () => {
     if (!confirm("Delete this conversation? This cannot be undone.")) return;
     const response = await fetch("/api/sessions/" + sessionId + "/", {
       method: "DELETE",
@@ -286,4 +324,15 @@
     if (isAuthProblem(response.status)) return showExpired();
     if (response.ok) location.href = "/chat/";
   });
+
+  // --- On load ---------------------------------------------------------------------------------
+
+  // On a phone the list of conversations folds away behind its summary; on a desktop it is open.
+  const narrow = window.matchMedia("(max-width: 700px)");
+  const fold = () => (sessionsBox.open = !narrow.matches);
+  fold();
+  narrow.addEventListener("change", fold);
+  rateLatest.hidden = !latestVote();
+  scrollToLatest();
+  input.focus();
 })();

@@ -1,0 +1,57 @@
+"""A web worker never imports MLflow: `import mlflow` costs ~1.9 s and ~150 MB per process."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+# A fresh interpreter, as a gunicorn worker: the app's settings, a turn, a health check.
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import django
+    django.setup()
+    from django.core.management import call_command
+    call_command("migrate", verbosity=0)
+    from django.contrib.auth.models import User
+    from rest_framework.authtoken.models import Token
+    from rest_framework.test import APIClient
+    client = APIClient()
+    token = Token.objects.create(user=User.objects.create(username="lean"))
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    chat = client.post("/api/chat/", {"message": "hi"}, format="json")
+    feedback = client.put(
+        f"/api/messages/{chat.json()['message_id']}/feedback/", {"is_correct": True}, format="json"
+    )
+    health = client.get("/health/")
+    heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "pandas", "numpy"))
+    print(json.dumps([chat.status_code, feedback.status_code, health.status_code, heavy[:5]]))
+    """
+)
+
+
+def test_a_turn_feedback_and_health_check_import_no_mlflow(tmp_path):
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DJANGO_SETTINGS_MODULE": "chatproject.settings",
+        "DJANGO_SECRET_KEY": "imports-test",
+        "DJANGO_DOT_ENV": "",
+        "DJANGO_ALLOWED_HOSTS": "testserver",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        # A tracking server (here: nobody listening) is reached over plain HTTP, never MLflow.
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "1",
+        "LOG_LEVEL": "ERROR",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    chat, feedback, health, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (chat, feedback, health) == (200, 201, 200)
+    assert heavy == []
