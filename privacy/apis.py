@@ -1,5 +1,7 @@
 """The signed-in person's own account: DELETE /api/me/ erases it."""
 
+import logging
+
 from django.contrib.auth import logout
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
@@ -11,13 +13,15 @@ from chatproject.api import StrictSerializer
 from privacy import services
 from privacy.models import Erasure
 
+logger = logging.getLogger(__name__)
+
 
 class MeApi(APIView):
     """Erase your account: conversations, turns, feedback, and your traces in MLflow.
 
-    Send `{"confirm": true}`. 204 once the database part is done (your token and session stop
-    working at once); the MLflow part runs right after and, if MLflow is unreachable, is finished
-    later by the operators' `erase_user --pending`.
+    Send `{"confirm": true}`. 204 once the database part is done: your token and session stop
+    working at once. The MLflow part is the feedback worker's, within seconds (a web worker never
+    imports MLflow); while the tracking store is away it waits, recorded as pending.
     """
 
     class InputSerializer(StrictSerializer):
@@ -35,5 +39,5 @@ class MeApi(APIView):
         user = request.user
         erasure = services.user_erase(user=user, via=Erasure.Via.SELF, requested_by=user)
         logout(request._request)
-        services.erasure_finish(erasure=erasure)
+        logger.info("erasure requested by its subject erasure_id=%s", erasure.pk)
         return Response(status=status.HTTP_204_NO_CONTENT)

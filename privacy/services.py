@@ -15,8 +15,10 @@ Two steps, each safe to repeat:
    `mlflow.trace.user`) are deleted with their artifact files and every assessment on them
    (staff labels included); the assessments they logged on other people's traces are deleted;
    then the search runs again and the record is completed only when nothing is left. When the
-   tracking store is down the record stays `pending_mlflow` with the reason;
-   `manage.py erase_user --pending` (cron) finishes it.
+   tracking store is down the record stays `pending_mlflow` with the reason. The command and
+   the admin run it at once; for DELETE /api/me/ (a web worker, which never imports MLflow) the
+   feedback worker runs it within seconds (`erasures_finish_due`, its chore), and
+   `manage.py erase_user --pending` finishes whatever is left.
 
 A trace deliverer that was writing one of the person's traces when its row was deleted deletes
 that trace itself once it sees the row gone (`chat.delivery`); the feedback deliverer does the
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from datetime import timedelta
 
 from django.contrib.admin.models import LogEntry
 from django.contrib.auth import get_user_model
@@ -205,6 +208,23 @@ def erasure_finish(*, erasure: Erasure, progress: Callable[[str], None] | None =
         len(remaining) + left_assessments,
     )
     return erasure
+
+
+def erasures_finish_due() -> list[str]:
+    """The feedback worker's chore: finish erasures pending MLflow, each retried with backoff
+    (5 s doubling to 5 min) while the tracking store is away; returns lines for its log."""
+    now = timezone.now()
+    lines = []
+    for erasure in Erasure.objects.filter(state=Erasure.State.PENDING_MLFLOW).order_by("id"):
+        wait = timedelta(seconds=min(5 * 2 ** max(erasure.attempts - 1, 0), 300))
+        if erasure.last_attempt_at and now - erasure.last_attempt_at < wait:
+            continue
+        erasure = erasure_finish(erasure=erasure)
+        lines.append(
+            f"erasure {erasure.pk}: {erasure.state}, {erasure.traces_removed} traces removed"
+            + (f" ({erasure.last_error[:120]})" if erasure.last_error else "")
+        )
+    return lines
 
 
 def erasure_finish_pending(*, progress: Callable[[str], None] | None = None) -> list[Erasure]:

@@ -3,6 +3,7 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from chat import tracing
+from privacy import services
 from privacy.models import Erasure
 from tests.conftest import token_client
 from tests.factories import UserFactory
@@ -19,8 +20,13 @@ def test_deleting_me_erases_me_and_my_token_stops_working(api, erasable):
     assert api.get("/api/sessions/").status_code == 401
     assert not get_user_model().objects.filter(pk=user_id).exists()
     erasure = Erasure.objects.get()
-    assert (erasure.via, erasure.requested_by_id, erasure.state) == ("self", user_id, "completed")
+    assert (erasure.via, erasure.requested_by_id) == ("self", user_id)
+    # The request never calls MLflow: the feedback worker's chore finishes the erasure.
+    assert erasure.state == "pending_mlflow" and len(tracing.user_trace_ids(user_id=user_id)) == 3
+    (line,) = services.erasures_finish_due()
+    assert line == f"erasure {erasure.pk}: completed, 3 traces removed"
     assert tracing.user_trace_ids(user_id=user_id) == []
+    assert services.erasures_finish_due() == []
 
 
 @pytest.mark.parametrize("body", [None, {}, {"confirm": False}, {"confirm": "yes"}, {"x": 1}])

@@ -148,3 +148,25 @@ def test_with_the_tracking_store_down_the_database_part_completes_and_a_retry_fi
     assert (finished.attempts, finished.traces_removed, finished.assessments_removed) == (2, 3, 2)
     assert tracing.user_trace_ids(user_id=user_id) == []
     assert own_assessments(erasable["bob_trace_id"], str(user_id)) == []
+
+
+def test_the_feedback_workers_chore_retries_an_outage_with_backoff(erasable, settings):
+    from django.utils.module_loading import import_string
+
+    assert import_string(settings.FEEDBACK_WORKER_CHORES[0]) is services.erasures_finish_due
+    experiment_name = mlflow.MlflowClient().get_experiment(tracing.experiment_id()).name
+    erasure = services.user_erase(user=erasable["user"], via=Erasure.Via.SELF)
+    tracing.configure(tracking_uri="http://127.0.0.1:9", experiment_name=experiment_name)
+
+    (line,) = services.erasures_finish_due()
+    assert (
+        line.startswith(f"erasure {erasure.pk}: pending_mlflow") and "TrackingUnavailable" in line
+    )
+    assert services.erasures_finish_due() == []  # backing off: not tried again at once
+
+    assert tracing.configure(
+        tracking_uri=settings.MLFLOW_TRACKING_URI, experiment_name=experiment_name
+    )
+    Erasure.objects.filter(pk=erasure.pk).update(last_attempt_at=None)
+    (line,) = services.erasures_finish_due()
+    assert line == f"erasure {erasure.pk}: completed, 3 traces removed"
