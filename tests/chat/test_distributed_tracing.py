@@ -180,6 +180,7 @@ def test_a_caller_traced_with_mlflow_sees_the_turn_inside_its_own_trace(
 
     from tests.conftest import deliver_traces
 
+    mlflow.set_experiment(experiment_id=mlflow_experiment)  # the caller traces where we do
     with mlflow.start_span("upstream_agent") as caller_span:
         headers = get_tracing_context_headers_for_http_request()
         body = _post(api, headers, message="asked by an agent").json()
@@ -211,6 +212,7 @@ def test_repairing_a_half_written_turn_in_a_callers_trace_keeps_the_callers_span
     from chat import audit
     from tests.conftest import deliver_traces
 
+    mlflow.set_experiment(experiment_id=mlflow_experiment)  # the caller traces where we do
     with mlflow.start_span("upstream_agent"):
         body = _post(api, get_tracing_context_headers_for_http_request()).json()
     mlflow.flush_trace_async_logging()
