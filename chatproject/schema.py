@@ -56,7 +56,9 @@ class ApiSchema(AutoSchema):
         ):
             # DRF refuses NUL characters, and blank text (after trimming) unless allow_blank.
             if field.allow_blank:
-                schema["pattern"] = "^[^\\x00]*$"
+                # Non-empty here: drf-spectacular then adds "or empty" as the other half of a
+                # oneOf, which "" must match only once.
+                schema["pattern"] = "^[^\\x00]+$"
             else:
                 schema.setdefault("minLength", 1)
                 schema["pattern"] = "^[^\\x00]*[^\\x00\\s][^\\x00]*$"
