@@ -1,6 +1,7 @@
 """Chat and session endpoints: validate, fetch and authorise, call a service, serialise."""
 
 import json
+import re
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -15,12 +16,16 @@ from rest_framework.views import APIView
 
 from chat import selectors, services, tracing
 from chat.models import REQUEST_ID_PATTERN, Message
-from chatproject.api import StrictSerializer, cursor_decode, cursor_encode
+from chatproject.api import StrictSerializer, WhenField, cursor_decode, cursor_encode
+
+# The same pattern for JSON Schema (ECMA regex has no \Z).
+REQUEST_ID_SCHEMA_PATTERN = REQUEST_ID_PATTERN.pattern.replace("\\Z", "$")
 
 REQUEST_ID_HEADER = OpenApiParameter(
     "X-Request-ID",
     OpenApiTypes.STR,
     OpenApiParameter.HEADER,
+    pattern=REQUEST_ID_SCHEMA_PATTERN,
     description="Client request id (1-50 chars of A-Za-z0-9._:-). Sending it again replays the "
     "stored reply. Generated when absent; echoed in the response header.",
 )
@@ -127,7 +132,11 @@ class ChatApi(APIView):
 
     @extend_schema(
         request=InputSerializer,
-        responses=OutputSerializer,
+        responses={
+            (200, "application/json"): OutputSerializer,
+            # start / token / done events (or one error event), each one JSON object.
+            (200, "text/event-stream"): OpenApiTypes.OBJECT,
+        },
         parameters=[REQUEST_ID_HEADER, SESSION_ID_HEADER, TRACEPARENT_HEADER],
     )
     def post(self, request: Request, endpoint: str = "api_chat") -> Response:
@@ -173,6 +182,13 @@ class SessionOutputSerializer(serializers.Serializer):
     updated_at = serializers.DateTimeField()
 
 
+class SessionPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = SessionOutputSerializer(many=True)
+
+
 class MessageOutputSerializer(serializers.Serializer):
     id = serializers.IntegerField()
     role = serializers.ChoiceField(choices=Message.Role.choices)
@@ -186,14 +202,26 @@ class SessionTitleSerializer(StrictSerializer):
     title = serializers.CharField(max_length=200, allow_blank=True)
 
 
+class SessionPageParams(StrictSerializer):
+    page = serializers.IntegerField(min_value=1, required=False)
+    page_size = serializers.IntegerField(
+        min_value=1, max_value=SessionPagination.max_page_size, required=False
+    )
+
+
 class SessionListApi(APIView):
     """Your conversations, most recently active first; POST starts an empty one."""
 
     class InputSerializer(SessionTitleSerializer):
         title = serializers.CharField(max_length=200, allow_blank=True, required=False)
 
-    @extend_schema(responses=SessionOutputSerializer(many=True))
+    @extend_schema(
+        operation_id="api_sessions_list",
+        parameters=[SessionPageParams],
+        responses=SessionPageSerializer,
+    )
     def get(self, request: Request) -> Response:
+        SessionPageParams(data=request.query_params).is_valid(raise_exception=True)
         paginator = SessionPagination()
         page = paginator.paginate_queryset(
             selectors.session_list(user=request.user), request, view=self
@@ -270,6 +298,14 @@ class TracePageParams(StrictSerializer):
     page_size = serializers.IntegerField(min_value=1, max_value=200, default=50)
 
 
+def _bare(pattern: re.Pattern) -> str:
+    return pattern.pattern.removeprefix("^").removesuffix("\\Z")
+
+
+# `key:value` for the tag and feedback filters, as `_pair` checks it (and says in the schema).
+PAIR_PATTERN = rf"^{_bare(tracing.SAFE_KEY)}:{_bare(tracing.SAFE_VALUE)}$"
+
+
 def _pair(value: str, name: str, sep: str = ":") -> tuple[str, str]:
     key, found, val = value.partition(sep)
     if not found or not tracing.SAFE_KEY.fullmatch(key) or not tracing.SAFE_VALUE.fullmatch(val):
@@ -316,14 +352,16 @@ class TraceSearchApi(APIView):
         user = serializers.CharField(required=False, max_length=150, help_text="id or username")
         session = serializers.UUIDField(required=False)
         client_request_id = serializers.RegexField(REQUEST_ID_PATTERN, required=False)
-        tag = serializers.ListField(child=serializers.CharField(), required=False)
+        tag = serializers.ListField(
+            child=serializers.RegexField(PAIR_PATTERN), required=False, help_text="key:value"
+        )
         environment = serializers.RegexField(tracing.SAFE_VALUE, required=False)
         app_version = serializers.RegexField(tracing.SAFE_VALUE, required=False)
         feedback = serializers.ListField(
-            child=serializers.CharField(), required=False, help_text="name:value"
+            child=serializers.RegexField(PAIR_PATTERN), required=False, help_text="name:value"
         )
-        since = serializers.DateTimeField(required=False)
-        until = serializers.DateTimeField(required=False)
+        since = WhenField(required=False)
+        until = WhenField(required=False)
 
     @extend_schema(parameters=[FilterSerializer], responses=TracePageSerializer)
     def get(self, request: Request) -> Response:

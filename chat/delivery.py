@@ -71,7 +71,7 @@ def trace_deliver_due(*, limit: int | None = None) -> Counter:
         _retry_later(rows, owner, f"TrackingUnavailable: {exc}", outage=True)
         return Counter(retry=len(rows))
     done = [row.pk for row in rows if row.trace_id not in errors]
-    TraceExport.objects.filter(pk__in=done, lease_owner=owner).update(
+    marked = TraceExport.objects.filter(pk__in=done, lease_owner=owner).update(
         state=TraceExport.State.EXPORTED,
         exported_at=timezone.now(),
         leased_until=None,
@@ -79,11 +79,32 @@ def trace_deliver_due(*, limit: int | None = None) -> Counter:
         last_error="",
         next_attempt_at=None,
     )
+    if marked < len(done):
+        _unwrite_deleted(rows, done)
     counts = Counter(exported=len(done))
     for row in rows:
         if row.trace_id in errors:
             counts[_retry_later([row], owner, errors[row.trace_id], outage=False)] += 1
     return counts
+
+
+def _unwrite_deleted(rows: list[TraceExport], done: list[int]) -> None:
+    """Rows deleted while we wrote them (their person was erased): take the traces back out.
+
+    An erasure deletes the rows first and the traces after; a write that was already under way
+    can land after its delete, so the writer removes what it wrote. (A row whose lease another
+    deliverer took over still exists and is left alone.)
+    """
+    still = set(TraceExport.objects.filter(pk__in=done).values_list("pk", flat=True))
+    gone = [row.trace_id for row in rows if row.pk in done and row.pk not in still]
+    if not gone:
+        return
+    try:
+        tracing.erase_traces(trace_ids=gone)
+        logger.info("removed traces whose rows were deleted during delivery count=%s", len(gone))
+    except tracing.TrackingUnavailable as exc:
+        # The erasure's own check finds them by user id and deletes them on its next run.
+        logger.warning("could not remove traces deleted during delivery error=%s", str(exc)[:200])
 
 
 def _retry_later(rows: list[TraceExport], owner: str, error: str, *, outage: bool) -> str:

@@ -8,6 +8,7 @@ from django.core import signing
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse, QueryDict
 from django.views import defaults
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -58,9 +59,27 @@ class StrictSerializer(serializers.Serializer):
                     problem = name in data and _json_type_error(field, data[name])
                     if problem:
                         errors[name] = [problem]
+            else:
+                # DRF reads `?name=` as "not given"; a client that sent it meant something.
+                for name, field in self.fields.items():
+                    if data.get(name) == "" and not getattr(field, "allow_blank", False):
+                        errors[name] = ["May not be empty: give a value or leave it out."]
             if errors:
                 raise serializers.ValidationError(errors)
         return super().to_internal_value(data)
+
+
+@extend_schema_field(
+    {
+        "type": "string",
+        "anyOf": [{"format": "date"}, {"format": "date-time"}],
+        "description": "ISO 8601 date or date and time, e.g. 2026-11-01 or 2026-11-01T09:30:00Z",
+    }
+)
+class WhenField(serializers.DateTimeField):
+    """A point in time from a query string: a date (its midnight) or a date and time.
+
+    Documented as a date or a date-time (JSON Schema's `date-time` alone is RFC 3339 only)."""
 
 
 class RequestTooLarge(exceptions.APIException):

@@ -15,7 +15,7 @@ def refuse_nul_in_query(get_response: Callable[[HttpRequest], HttpResponse]):
     def middleware(request: HttpRequest) -> HttpResponse:
         if any("\x00" in key or "\x00" in value for key, value in _query_items(request)):
             message = "A query parameter contains a NUL character."
-            if request.path.startswith("/api/"):
+            if request.path.startswith(("/api/", "/chat_feedback")) or request.path == "/chat":
                 return JsonResponse({"error": "invalid", "detail": message}, status=400)
             return HttpResponseBadRequest(message, content_type="text/plain")
         return get_response(request)

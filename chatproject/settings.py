@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "csp",
     "chat.apps.ChatConfig",
     "feedback.apps.FeedbackConfig",
+    "privacy.apps.PrivacyConfig",
 ]
 
 MIDDLEWARE = [
@@ -259,6 +260,9 @@ FEEDBACK_DELIVERY_THREADS = env.int("FEEDBACK_DELIVERY_THREADS", default=4)
 # While feedback waits out an outage, the worker checks this often whether MLflow is back.
 FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
 FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
+# More work the feedback worker does every FEEDBACK_PROBE_INTERVAL_S (dotted paths to functions
+# returning lines to log): finishing erasures in MLflow, so DELETE /api/me/ never calls it.
+FEEDBACK_WORKER_CHORES = ["privacy.services.erasures_finish_due"]
 
 # --- Review queue (admin) -------------------------------------------------------------------------
 # How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).

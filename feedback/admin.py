@@ -9,6 +9,7 @@ from collections import Counter
 from django.conf import settings
 from django.contrib import admin, messages
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
@@ -174,6 +175,36 @@ class FeedbackAdmin(admin.ModelAdmin):
     @admin.display(description="Trace in MLflow")
     def trace_link(self, obj: Feedback):
         return tracing.trace_link_html(obj.turn.trace_id)
+
+    # Deleting (one or in bulk) goes through the service, so no assessment outlives its row.
+    def delete_model(self, request, obj: Feedback) -> None:
+        try:
+            services.feedback_delete(feedback=obj)
+        except tracing.TrackingUnavailable as exc:
+            request._feedback_not_deleted = 1
+            self.message_user(
+                request, f"Not deleted: MLflow did not answer ({exc}); try again.", messages.ERROR
+            )
+
+    def delete_queryset(self, request, queryset) -> None:
+        failed = 0
+        for feedback in queryset:
+            try:
+                services.feedback_delete(feedback=feedback)
+            except tracing.TrackingUnavailable:
+                failed += 1
+        if failed:
+            request._feedback_not_deleted = failed
+            self.message_user(
+                request,
+                f"{failed} feedback not deleted: MLflow did not answer; try again.",
+                messages.ERROR,
+            )
+
+    def response_delete(self, request, obj_display, obj_id):
+        if getattr(request, "_feedback_not_deleted", 0):
+            return HttpResponseRedirect(reverse("admin:feedback_feedback_changelist"))
+        return super().response_delete(request, obj_display, obj_id)
 
 
 @admin.action(description="Export corrected turns to the evaluation dataset", permissions=["label"])

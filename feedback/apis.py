@@ -8,8 +8,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors as chat_selectors
+from chat.apis import REQUEST_ID_SCHEMA_PATTERN
 from chat.models import REQUEST_ID_PATTERN, Turn
-from chatproject.api import StrictSerializer
+from chatproject.api import StrictSerializer, WhenField
 from feedback import selectors, services
 from feedback.models import Feedback
 
@@ -61,7 +62,14 @@ class SeedFeedbackApi(APIView):
     @extend_schema(
         request=InputSerializer,
         responses={200: FeedbackOutputSerializer, 201: FeedbackOutputSerializer},
-        parameters=[OpenApiParameter("client_request_id", OpenApiTypes.STR, required=True)],
+        parameters=[
+            OpenApiParameter(
+                "client_request_id",
+                OpenApiTypes.STR,
+                required=True,
+                pattern=REQUEST_ID_SCHEMA_PATTERN,
+            )
+        ],
     )
     def post(self, request: Request) -> Response:
         query = self.QuerySerializer(data=request.query_params)
@@ -94,6 +102,9 @@ class MessageFeedbackApi(APIView):
         expected_response = serializers.CharField(
             max_length=EXPECTED_RESPONSE_CHARS, required=False, allow_blank=True, default=""
         )
+
+        # Exactly one of the two: the schema says so too.
+        openapi_extra = {"oneOf": [{"required": ["is_correct"]}, {"required": ["rating"]}]}
 
         def validate(self, attrs):
             if ("is_correct" in attrs) == ("rating" in attrs):
@@ -142,8 +153,8 @@ class FeedbackReportApi(APIView):
 
     class QuerySerializer(StrictSerializer):
         group_by = serializers.ChoiceField(choices=sorted(selectors.REPORT_GROUPS))
-        since = serializers.DateTimeField(required=False)
-        until = serializers.DateTimeField(required=False)
+        since = WhenField(required=False)
+        until = WhenField(required=False)
 
     class RowSerializer(serializers.Serializer):
         group = serializers.CharField()
@@ -164,7 +175,17 @@ class FeedbackReportApi(APIView):
         label_corrections = serializers.IntegerField()
         not_in_mlflow = serializers.IntegerField()
 
-    @extend_schema(parameters=[QuerySerializer], responses=RowSerializer(many=True))
+    ReportSerializer = type(
+        "ReportSerializer",
+        (serializers.Serializer,),
+        {
+            "__qualname__": "FeedbackReportApi.Report",
+            "group_by": serializers.CharField(),
+            "results": RowSerializer(many=True),
+        },
+    )
+
+    @extend_schema(parameters=[QuerySerializer], responses=ReportSerializer)
     def get(self, request: Request) -> Response:
         query = self.QuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)

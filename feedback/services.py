@@ -178,8 +178,23 @@ def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
         return Feedback.Delivery.DELIVERED
     # Changed while we delivered (so still pending): keep the ids we made; the newer version is
     # delivered as soon as our lease is released, reconciling against what we just wrote.
-    Feedback.objects.filter(pk=feedback.pk).update(**delivered)
+    if not Feedback.objects.filter(pk=feedback.pk).update(**delivered):
+        _unwrite_deleted(feedback, trace_id)
+        return "deleted"
     return Feedback.Delivery.PENDING
+
+
+def _unwrite_deleted(feedback: Feedback, trace_id: str) -> None:
+    """The row was deleted while we delivered it (`feedback_delete`, an erasure): what we just
+    wrote must not outlive it."""
+    try:
+        tracing.erase_assessments(trace_ids=[trace_id], key=str(feedback.pk))
+    except tracing.TrackingUnavailable as exc:
+        logger.warning(
+            "could not remove assessments of deleted feedback feedback_id=%s error=%s",
+            feedback.pk,
+            str(exc)[:200],
+        )
 
 
 def _delivery_failed(
@@ -293,6 +308,25 @@ def feedback_deliver_many(
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="feedback-delivery") as pool:
         list(pool.map(deliver_in_thread, feedback_ids))
     return counts
+
+
+def feedback_delete(*, feedback: Feedback) -> int:
+    """Delete feedback for good: its assessments (superseded ones too) from MLflow, then the row.
+
+    MLflow first, so a failure leaves the row (and a retry finds the assessments by its id);
+    feedback never sent to MLflow needs no call. Returns how many assessments were removed.
+    Raises: tracing.TrackingUnavailable (nothing deleted).
+    """
+    feedback = Feedback.objects.select_related("turn").get(pk=feedback.pk)
+    removed = 0
+    if feedback.first_attempt_at is not None and feedback.turn.trace_id:
+        removed = tracing.erase_assessments(
+            trace_ids=[feedback.turn.trace_id], key=str(feedback.pk)
+        )
+    # A deliverer holding it now sees the row gone and removes what it writes (_unwrite_deleted).
+    Feedback.objects.filter(pk=feedback.pk).delete()
+    logger.info("feedback deleted feedback_id=%s assessments=%s", feedback.pk, removed)
+    return removed
 
 
 @dataclass(frozen=True)

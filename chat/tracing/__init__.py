@@ -8,6 +8,7 @@
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
 - `datasets`: corrected production traces as an evaluation dataset.
+- `erasure`: a person's traces and assessments removed (files included), and the check after.
 - `links`: links into the MLflow UI.
 - `errors`: what callers catch; MLflow's own exceptions never leave this package.
 """
@@ -20,6 +21,14 @@ from chat.tracing.assessments import (
 )
 from chat.tracing.context import CallerContext, caller_context, passed_on
 from chat.tracing.datasets import merge_into_eval_dataset
+from chat.tracing.erasure import (
+    TracesErased,
+    erase_assessments,
+    erase_traces,
+    existing_trace_ids,
+    remaining_assessments,
+    user_trace_ids,
+)
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, UnsafeFilterValue
 from chat.tracing.export import (
     delete_traces,
@@ -70,6 +79,7 @@ __all__ = [
     "TracePage",
     "TraceQuery",
     "TraceSummary",
+    "TracesErased",
     "TrackingUnavailable",
     "TurnTrace",
     "UnsafeFilterValue",
@@ -79,6 +89,9 @@ __all__ = [
     "deployment_metadata",
     "experiment_id",
     "delete_traces",
+    "erase_assessments",
+    "erase_traces",
+    "existing_trace_ids",
     "experiment_trace_ids",
     "flush",
     "history_span",
@@ -87,6 +100,7 @@ __all__ = [
     "merge_into_eval_dataset",
     "new_trace_id",
     "passed_on",
+    "remaining_assessments",
     "search_traces",
     "session_ui_url",
     "sync_assessments",
@@ -98,5 +112,6 @@ __all__ = [
     "tracking_reachable",
     "turn_trace",
     "ui_link_html",
+    "user_trace_ids",
     "write_traces",
 ]

@@ -3,6 +3,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.utils.module_loading import import_string
 
 from chatproject.commands import run_worker, summary
 from feedback import selectors, services
@@ -67,9 +68,14 @@ class Command(BaseCommand):
             f"(tracking uri {settings.MLFLOW_TRACKING_URI})"
         )
 
+        extra = [import_string(path) for path in settings.FEEDBACK_WORKER_CHORES]
+
         def chores() -> list[str]:
             resumed = services.feedback_resume_after_outage()
-            return [f"tracking store is back: resuming {resumed} feedback"] if resumed else []
+            lines = [f"tracking store is back: resuming {resumed} feedback"] if resumed else []
+            for chore in extra:  # wired by the project (settings), so feedback imports no app
+                lines += chore()
+            return lines
 
         run_worker(
             name="feedback delivery",
