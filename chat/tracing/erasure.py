@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from chat.tracing.assessments import ASSESSMENT_KEY
 from chat.tracing.errors import TrackingUnavailable, short
+from chat.tracing.export import experiment_trace_ids
 from chat.tracing.search import TraceQuery, trace_filter_string
 from chat.tracing.setup import experiment_id, mlflow_api, tracking_uri
 
@@ -59,26 +60,7 @@ def user_trace_ids(*, user_id: int) -> list[str]:
 
     Raises: TrackingUnavailable.
     """
-    exp_id = experiment_id()
-    if exp_id is None:
-        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
-    filter_string = trace_filter_string(TraceQuery(user_id=user_id))
-    found, token = [], None
-    try:
-        while True:
-            page = _client().search_traces(
-                locations=[exp_id],
-                filter_string=filter_string,
-                max_results=500,
-                page_token=token,
-                include_spans=False,
-            )
-            found += [t.info.trace_id for t in page]
-            token = page.token
-            if not token:
-                return found
-    except Exception as exc:
-        raise TrackingUnavailable(short(exc)) from exc
+    return experiment_trace_ids(filter_string=trace_filter_string(TraceQuery(user_id=user_id)))
 
 
 def _infos(trace_ids: Sequence[str]) -> list:

@@ -229,24 +229,27 @@ def delete_traces(trace_ids: Sequence[str]) -> int:
         raise TrackingUnavailable(short(exc)) from exc
 
 
-def experiment_trace_ids(*, since_ms: int | None = None) -> list[str]:
-    """Every trace id in the app's experiment (since a time): to find traces without a turn.
+def experiment_trace_ids(
+    *, since_ms: int | None = None, filter_string: str | None = None
+) -> list[str]:
+    """Every trace id in the app's experiment (since a time, matching a filter).
 
+    The audit uses it to find traces without a turn, erasure to find a person's traces.
     Raises: TrackingUnavailable.
     """
     exp_id = experiment_id()
     if exp_id is None:
         raise TrackingUnavailable("tracing is not configured or the tracking store is down")
-    from mlflow.exceptions import MlflowException
-
+    filters = [f for f in (filter_string,) if f]
+    if since_ms:
+        filters.append(f"attributes.timestamp_ms >= {int(since_ms)}")
     client = _client()
     found, token = [], None
-    filter_string = f"attributes.timestamp_ms >= {int(since_ms)}" if since_ms else None
     try:
         while True:
             page = client.search_traces(
                 locations=[exp_id],
-                filter_string=filter_string,
+                filter_string=" AND ".join(filters) or None,
                 max_results=500,
                 page_token=token,
                 include_spans=False,
@@ -255,7 +258,5 @@ def experiment_trace_ids(*, since_ms: int | None = None) -> list[str]:
             token = page.token
             if not token:
                 return found
-    except MlflowException as exc:
-        raise TrackingUnavailable(short(exc)) from exc
     except Exception as exc:
         raise TrackingUnavailable(short(exc)) from exc
