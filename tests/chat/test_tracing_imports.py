@@ -9,7 +9,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 
-# A fresh interpreter, as a gunicorn worker: the app's settings, a turn, a health check.
+# A fresh interpreter, as a gunicorn worker: the app's settings, a turn, feedback, a health
+# check, then the person erasing themselves (MLflow's part is the feedback worker's).
 SCRIPT = textwrap.dedent(
     """
     import json, sys
@@ -28,13 +29,15 @@ SCRIPT = textwrap.dedent(
         f"/api/messages/{chat.json()['message_id']}/feedback/", {"is_correct": True}, format="json"
     )
     health = client.get("/health/")
+    erased = client.delete("/api/me/", {"confirm": True}, format="json")
     heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("mlflow", "pandas", "numpy"))
-    print(json.dumps([chat.status_code, feedback.status_code, health.status_code, heavy[:5]]))
+    codes = [chat.status_code, feedback.status_code, health.status_code, erased.status_code]
+    print(json.dumps([*codes, heavy[:5]]))
     """
 )
 
 
-def test_a_turn_feedback_and_health_check_import_no_mlflow(tmp_path):
+def test_a_turn_feedback_health_check_and_erasure_import_no_mlflow(tmp_path):
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -52,6 +55,6 @@ def test_a_turn_feedback_and_health_check_import_no_mlflow(tmp_path):
         [sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    chat, feedback, health, heavy = json.loads(done.stdout.strip().splitlines()[-1])
-    assert (chat, feedback, health) == (200, 201, 200)
+    chat, feedback, health, erased, heavy = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (chat, feedback, health, erased) == (200, 201, 200, 204)
     assert heavy == []
