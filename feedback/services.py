@@ -24,6 +24,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from chat import tracing
+from chat.delivery import due
 from chat.models import Turn
 from feedback import selectors
 from feedback.exceptions import TurnNotRateable
@@ -109,9 +110,14 @@ def _mark_changed(feedback: Feedback) -> None:
 def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | None:
     """Make MLflow match one due Feedback row; returns its delivery state, None if not claimed."""
     now = now or timezone.now()
+    if not selectors.feedback_pending().filter(selectors.deliverable(now), pk=feedback_id).exists():
+        return None
+    # The claim names only the row's own columns. With the trace join in it, Django writes
+    # `WHERE id IN (SELECT ...)`, which PostgreSQL does not re-check against a claim committed
+    # meanwhile, so two deliverers could both take the row and log the feedback twice.
     claimed = (
         selectors.feedback_pending()
-        .filter(selectors.deliverable(now), pk=feedback_id)
+        .filter(due(now), pk=feedback_id)
         .update(
             leased_until=now + timedelta(seconds=settings.FEEDBACK_LEASE_S),
             attempts=F("attempts") + 1,

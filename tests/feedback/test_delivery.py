@@ -146,3 +146,42 @@ def test_feedback_on_an_untraced_turn_is_kept_and_marked_failed_with_the_reason(
     assert services.feedback_deliver(feedback_id=feedback.pk) == "failed"
     feedback.refresh_from_db()
     assert "no MLflow trace" in feedback.last_error
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deliverers_racing_for_one_row_deliver_it_once(api, turn_of, get_trace, assessments):
+    """Several delivery processes (threads with their own connections) claim one row at once.
+
+    Run on PostgreSQL by `make test` too, where claims really overlap (SQLite serialises them).
+    """
+    import threading
+
+    from django.db import connection
+
+    turns = [turn_of(f"raced {i}") for i in range(20)]
+    for turn in turns:
+        _rate(api, turn, is_correct=False)
+    get_trace(turns[-1]["trace_id"])
+    rows = list(Feedback.objects.order_by("id").values_list("id", flat=True))
+    outcomes = []
+
+    def deliverer(barrier):
+        try:
+            for feedback_id in rows:
+                barrier.wait()
+                outcomes.append((feedback_id, services.feedback_deliver(feedback_id=feedback_id)))
+        finally:
+            connection.close()
+
+    barrier = threading.Barrier(6)
+    threads = [threading.Thread(target=deliverer, args=(barrier,)) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    claimed = sorted(fid for fid, state in outcomes if state is not None)
+    assert claimed == rows  # each row claimed by exactly one deliverer
+    assert set(Feedback.objects.values_list("attempts", flat=True)) == {1}
+    for turn in turns:
+        assert [a.feedback.value for a in assessments(turn["trace_id"])] == [False]
