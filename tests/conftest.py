@@ -8,6 +8,7 @@ from rest_framework.test import APIClient
 from chat import tracing
 from tests.factories import UserFactory
 from tests.llm_server import FakeOpenAIServer
+from tests.mlflow_server import MlflowServer
 
 
 @pytest.fixture
@@ -187,3 +188,12 @@ def world(settings, deliver_until_settled, find_traces):
     deliver_until_settled()
     find_traces()  # flush
     return {"alice": alice, "bob": bob, "turns": [t1, t2, t3, t4, t5]}
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` process of this test's own, which the test may stop and start."""
+    server = MlflowServer(tmp_path / "mlflow-server")
+    server.start()
+    yield server
+    server.stop()

@@ -13,14 +13,6 @@ from tests.mlflow_server import MlflowServer
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server = MlflowServer(tmp_path / "mlflow-server")
-    server.start()
-    yield server
-    server.stop()
-
-
 def test_feedback_survives_a_tracking_server_outage(
     api, user, turn_of, mlflow_server, assessments, settings
 ):

@@ -8,17 +8,8 @@ from chat import tracing
 from privacy import services
 from privacy.models import Erasure
 from tests.conftest import deliver_traces
-from tests.mlflow_server import MlflowServer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    server = MlflowServer(tmp_path / "mlflow-server")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_erasure_with_the_server_down_completes_once_it_is_back(
