@@ -246,7 +246,7 @@ class App:
                 "--workers",
                 str(self.mlflow_workers),
                 "--backend-store-uri",
-                f"sqlite:///{self.tmp}/mlflow-server.db",
+                self.backend_store_uri,
                 "--artifacts-destination",
                 str(self.tmp / "mlartifacts"),
             ],
@@ -290,11 +290,20 @@ class App:
         wait_http(f"{url}/api/sessions/", proc, timeout=90, headers={"Authorization": self.auth})
         return url
 
-    def start_workers(self, worker_commands: list[list[str]]) -> None:
+    @property
+    def backend_store_uri(self) -> str:
+        return f"sqlite:///{self.tmp}/mlflow-server.db"
+
+    def start_workers(self, worker_commands: list[list[str]], *, direct: bool = False) -> None:
         for i, argv in enumerate(worker_commands, 1):
-            log(f"starting worker: manage.py {shlex.join(argv)}")
+            env = self.env
+            if direct and argv[0] == "deliver_traces":
+                # Traces written into the tracking server's database, as bin/serve does.
+                env = {**env, "MLFLOW_TRACKING_URI": self.backend_store_uri}
+            where = env["MLFLOW_TRACKING_URI"]
+            log(f"starting worker: manage.py {shlex.join(argv)} (tracking {where})")
             name = f"worker-{i}-{argv[0]}"
-            self.procs.start(name, [*BACKGROUND, sys.executable, "manage.py", *argv], self.env)
+            self.procs.start(name, [*BACKGROUND, sys.executable, "manage.py", *argv], env)
 
     def dead(self) -> list[str]:
         """Problems: app processes that are no longer running."""
@@ -668,6 +677,11 @@ def parse_args() -> argparse.Namespace:
         f"(default: {' and '.join(repr(w) for w in DEFAULT_WORKERS)})",
     )
     parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="the trace worker writes to the tracking server's database (not through its API)",
+    )
+    parser.add_argument(
         "--mlflow-workers", type=int, default=1, help="tracking server workers (1, as make run)"
     )
     parser.add_argument("--quick", action="store_true", help="smoke run: 20/s for 5 s, compare 3 s")
@@ -750,7 +764,7 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
     client = mlflow.MlflowClient(tracking_uri=app.mlflow_url)
     experiment = client.get_experiment_by_name(app.env["MLFLOW_EXPERIMENT_NAME"])
     app.experiment_id = experiment.experiment_id if experiment else ""
-    app.start_workers(args.workers)
+    app.start_workers(args.workers, direct=args.direct)
     traced_url = app.start_gunicorn("gunicorn-traced", free_port(), traced=True)
     if not app.experiment_id:
         experiment = client.get_experiment_by_name(app.env["MLFLOW_EXPERIMENT_NAME"])

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
+from chat.tracing import sqlstore
 from chat.tracing.errors import TrackingUnavailable, short
 from chat.tracing.setup import experiment_id, mlflow_api, tracking_uri
 
@@ -146,12 +147,20 @@ def write_traces(payloads: Sequence[dict]) -> dict[str, str]:
         return info.trace_id, ""
 
     infos = [info for info, _ in built]
-    # The first alone: when the server is down, one call finds out, not a whole batch's worth.
-    first = commit(infos[0])
-    threads = settings.TRACE_WRITE_THREADS
-    with ThreadPoolExecutor(threads, thread_name_prefix="trace-info") as pool:
-        results = [first, *pool.map(commit, infos[1:])]
-    errors = {trace_id: error for trace_id, error in results if error}
+    if sqlstore.is_sql_store(client.store):
+        # The tracking store's database itself: the whole batch in one transaction.
+        try:
+            sqlstore.start_traces(client.store, infos)
+        except Exception as exc:
+            raise TrackingUnavailable(short(exc)) from exc
+        errors = {}
+    else:
+        # The first alone: when the server is down, one call finds out, not a batch's worth.
+        first = commit(infos[0])
+        threads = settings.TRACE_WRITE_THREADS
+        with ThreadPoolExecutor(threads, thread_name_prefix="trace-info") as pool:
+            results = [first, *pool.map(commit, infos[1:])]
+        errors = {trace_id: error for trace_id, error in results if error}
     spans = [span for info, spans in built if info.trace_id not in errors for span in spans]
     try:
         client.log_spans(exp_id, spans)

@@ -1,0 +1,130 @@
+"""The batch trace-info writer stores exactly what MLflow's own `start_trace` stores.
+
+`chat.tracing.sqlstore` writes MLflow's tables itself (one transaction per batch instead of one
+per trace). These tests write the same recorded traces both ways, into two fresh stores, and
+compare every row of every table: an MLflow upgrade that changes what `start_trace` stores fails
+here, not silently in production.
+"""
+
+import pytest
+import sqlalchemy
+from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+from chat.models import TraceExport
+from chat.tracing import export, sqlstore
+
+pytestmark = pytest.mark.django_db
+
+# Columns that differ between two stores written a moment apart, whatever wrote them.
+CLOCK_COLUMNS = {"creation_time", "last_update_time"}
+
+
+def _store(path, name: str) -> tuple[SqlAlchemyStore, str]:
+    store = SqlAlchemyStore(f"sqlite:///{path / name}.db", str(path / "artifacts"))
+    return store, store.create_experiment("chat")
+
+
+def _rows(store: SqlAlchemyStore) -> dict[str, list[tuple]]:
+    with store.engine.connect() as connection:
+        tables = sqlalchemy.inspect(connection).get_table_names()
+        found = {}
+        for table in sorted(set(tables) - {"alembic_version"}):
+            result = connection.execute(sqlalchemy.text(f'SELECT * FROM "{table}"'))
+            keep = [i for i, column in enumerate(result.keys()) if column not in CLOCK_COLUMNS]
+            found[table] = sorted((tuple(row[i] for i in keep) for row in result), key=repr)
+    return found
+
+
+def _recorded(turn_of, api, llm_server) -> list[dict]:
+    """Real recorded traces: plain, joined to a caller's trace, with a long history, failed."""
+    first = turn_of("Where is my parcel?")
+    turn_of("And the refund?", session_id=first["session_id"])
+    turn_of(
+        "Called by a service", traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    )
+    llm_server.mode = "error"
+    failed = api.post("/api/chat/", {"message": "This one fails"}, format="json")
+    assert failed.status_code >= 500
+    payloads = [row.payload for row in TraceExport.objects.order_by("id")]
+    assert {p["state"] for p in payloads} == {"OK", "ERROR"}
+    return payloads
+
+
+@pytest.fixture
+def recorded(settings, turn_of, api, llm_server):
+    settings.TRACE_TAGS = {"team": "support", "tier": "gold"}
+    return _recorded(turn_of, api, llm_server)
+
+
+def _write_one_by_one(store, exp_id, payloads):
+    for payload in payloads:
+        info, spans = export.build(payload, exp_id)
+        store.start_trace(info)
+        store.log_spans(exp_id, spans)
+
+
+def _write_batch(store, exp_id, payloads):
+    built = [export.build(payload, exp_id) for payload in payloads]
+    sqlstore.start_traces(store, [info for info, _ in built])
+    store.log_spans(exp_id, [span for _, spans in built for span in spans])
+
+
+def test_a_batch_stores_the_same_rows_as_mlflows_start_trace(tmp_path, recorded):
+    theirs, their_exp = _store(tmp_path, "start_trace")
+    ours, our_exp = _store(tmp_path, "batch")
+    assert their_exp == our_exp  # so artifact locations and ids compare as they are
+
+    _write_one_by_one(theirs, their_exp, recorded)
+    _write_batch(ours, our_exp, recorded)
+
+    expected, got = _rows(theirs), _rows(ours)
+    assert expected["trace_info"], "nothing was written"
+    assert len(expected["trace_request_metadata"]) >= 8 * len(recorded)  # user, session, ...
+    assert got == expected
+
+
+def test_the_trace_reads_back_whole_with_its_request_id_user_and_metadata(tmp_path, recorded):
+    store, exp_id = _store(tmp_path, "batch")
+    _write_batch(store, exp_id, recorded)
+
+    for payload in recorded:
+        trace = store.get_trace(payload["trace_id"])
+        assert export._compare(trace, payload) == ""
+        assert trace.info.client_request_id == payload["client_request_id"]
+        assert trace.info.trace_metadata["mlflow.trace.user"] == payload["user"]
+        assert trace.info.trace_metadata["mlflow.trace.session"] == payload["session"]
+
+
+def test_writing_a_batch_again_or_partly_again_stores_what_mlflows_rewrite_stores(
+    tmp_path, recorded
+):
+    """A deliverer killed mid-batch, a lease taken over, a repair: MLflow's own merge, once."""
+    theirs, their_exp = _store(tmp_path, "start_trace")
+    ours, our_exp = _store(tmp_path, "batch")
+    for write, store, exp_id in (
+        (_write_one_by_one, theirs, their_exp),
+        (_write_batch, ours, our_exp),
+    ):
+        write(store, exp_id, recorded[:2])  # killed after part of a batch
+        write(store, exp_id, recorded)  # the batch again: two rewritten, two new
+        write(store, exp_id, recorded)
+
+    got, expected = _rows(ours), _rows(theirs)
+    assert len(got["trace_info"]) == len(recorded)
+    assert len(got["spans"]) == sum(len(p["spans"]) for p in recorded)
+    assert got == expected
+
+
+def test_a_deleted_experiment_is_refused_as_start_trace_refuses_it(tmp_path, recorded):
+    from mlflow.exceptions import MlflowException
+
+    store, exp_id = _store(tmp_path, "deleted")
+    store.delete_experiment(exp_id)
+    infos = [export.build(payload, exp_id)[0] for payload in recorded]
+
+    with pytest.raises(MlflowException) as refused:
+        sqlstore.start_traces(store, infos)
+    with pytest.raises(MlflowException) as theirs:
+        store.start_trace(infos[0])
+    assert refused.value.error_code == theirs.value.error_code
+    assert _rows(store)["trace_info"] == []
