@@ -379,14 +379,16 @@ def _trace_store(turn: Turn, trace: tracing.TurnTrace | None) -> None:
     """Queue the attempt's complete trace for delivery to MLflow (inside the turn's transaction)."""
     if trace is None:
         return
+    if trace.caller is None:
+        # Our own random 128-bit trace id: no other row holds it, so no savepoint is needed.
+        TraceExport.objects.create(turn=turn, trace_id=trace.trace_id, payload=trace.payload())
+        return
     try:
         with transaction.atomic():  # a savepoint: the turn's transaction goes on either way
             TraceExport.objects.create(
                 turn=turn, trace_id=trace.trace_id, payload=trace.payload(), next_attempt_at=None
             )
     except IntegrityError:
-        if trace.caller is None:
-            raise
         # Two turns joined one caller's trace at once (`_trace_for` checked before either had
         # stored it): the later one takes a trace id of its own, as it would have sequentially.
         trace.leave_caller_trace()
