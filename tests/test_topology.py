@@ -192,11 +192,25 @@ def test_two_instances_and_two_of_each_worker_deliver_every_turn_and_feedback_on
                 [gunicorn, "chatproject.wsgi", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"],
                 {**env, "DEPLOYMENT_ID": f"app{i}"},
             )
-        for command in ("deliver_traces", "deliver_feedback"):
-            for i in range(2):
-                procs.spawn(f"{command}{i}", [WORKER_PYTHON, "manage.py", command, "--loop"], env)
+        procs.spawn(
+            "deliver_traces0", [WORKER_PYTHON, "manage.py", "deliver_traces", "--loop"], env
+        )
+        for i in range(2):
+            procs.spawn(
+                f"deliver_feedback{i}",
+                [WORKER_PYTHON, "manage.py", "deliver_feedback", "--loop"],
+                env,
+            )
         for i, port in enumerate(ports):
             procs.wait_healthy(f"app{i}", f"http://127.0.0.1:{port}/health/")
+        # The second trace worker writes into the tracking server's database itself (batches of
+        # trace infos in one transaction, chat/tracing/sqlstore.py), beside the first one's REST
+        # writes: both ways at once, on one experiment (the apps have made it by now).
+        procs.spawn(
+            "deliver_traces1",
+            [PYTHON, "manage.py", "deliver_traces", "--loop"],
+            {**env, "MLFLOW_TRACKING_URI": f"postgresql+psycopg://{postgres}/mlflow"},
+        )
 
         http = requests.Session()
         headers = {"Authorization": f"Token {token}"}

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 
 def is_sql_store(store: object) -> bool:
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # MLflow's tracing SDK: it has no SQL store (nor SQLAlchemy) at all
+        return False
     return isinstance(store, SqlAlchemyStore)
 
 
