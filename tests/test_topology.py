@@ -10,6 +10,7 @@ one valid assessment, with no row delivered twice.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -145,6 +146,8 @@ def test_two_instances_and_two_of_each_worker_deliver_every_turn_and_feedback_on
         "THROTTLE_CHAT": "",
         "THROTTLE_FEEDBACK": "",
         "FEEDBACK_PROBE_INTERVAL_S": "1",
+        # Small batches, so the two trace workers share the turns instead of one taking all.
+        "TRACE_DELIVERY_BATCH": "4",
         "LOG_LEVEL": "INFO",
     }
     procs = Processes(tmp_path)
@@ -211,6 +214,10 @@ def test_two_instances_and_two_of_each_worker_deliver_every_turn_and_feedback_on
             [PYTHON, "manage.py", "deliver_traces", "--loop"],
             {**env, "MLFLOW_TRACKING_URI": f"postgresql+psycopg://{postgres}/mlflow"},
         )
+        deadline = time.monotonic() + 60  # the full package takes a few seconds to import
+        while "trace worker polling" not in procs.log("deliver_traces1"):
+            assert time.monotonic() < deadline, procs.log("deliver_traces1")
+            time.sleep(0.2)
 
         http = requests.Session()
         headers = {"Authorization": f"Token {token}"}
@@ -307,6 +314,8 @@ def test_two_instances_and_two_of_each_worker_deliver_every_turn_and_feedback_on
             assert done.returncode == 0, (args, done.stdout[-2000:], done.stderr[-2000:])
         assert done.stdout.count("topo-") == TURNS, done.stdout[-2000:]
 
+        for name in ("deliver_traces0", "deliver_traces1"):  # each wrote some, its own way
+            assert re.search(r"trace delivery: exported [1-9]", procs.log(name)), procs.log(name)
         for name in procs.running:
             if name.startswith("deliver"):
                 assert "Traceback" not in procs.log(name), procs.log(name)
