@@ -677,6 +677,10 @@ def parse_args() -> argparse.Namespace:
         f"(default: {' and '.join(repr(w) for w in DEFAULT_WORKERS)})",
     )
     parser.add_argument(
+        "--database-url",
+        help="the app's database (default: a fresh SQLite file), e.g. bin/with-postgres's",
+    )
+    parser.add_argument(
         "--direct",
         action="store_true",
         help="the trace worker writes to the tracking server's database (not through its API)",
@@ -710,7 +714,7 @@ def main() -> int:
         "DJANGO_SETTINGS_MODULE": "chatproject.settings",
         "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
         "DJANGO_DOT_ENV": "",
-        "DATABASE_URL": f"sqlite:///{tmp}/db.sqlite3",
+        "DATABASE_URL": args.database_url or f"sqlite:///{tmp}/db.sqlite3",
         "MLFLOW_PORT": str(mlflow_port),
         "MLFLOW_TRACKING_URI": mlflow_url,
         "MLFLOW_UI_URL": mlflow_url,
