@@ -381,22 +381,22 @@ def _trace_store(turn: Turn, trace: tracing.TurnTrace | None) -> None:
         return
     if trace.caller is None:
         # Our own random 128-bit trace id: no other row holds it, so no savepoint is needed.
-        TraceExport.objects.create(turn=turn, trace_id=trace.trace_id, payload=trace.payload())
+        _trace_enqueue(turn, trace)
         return
     try:
         with transaction.atomic():  # a savepoint: the turn's transaction goes on either way
-            TraceExport.objects.create(
-                turn=turn, trace_id=trace.trace_id, payload=trace.payload(), next_attempt_at=None
-            )
+            _trace_enqueue(turn, trace)
     except IntegrityError:
         # Two turns joined one caller's trace at once (`_trace_for` checked before either had
         # stored it): the later one takes a trace id of its own, as it would have sequentially.
         trace.leave_caller_trace()
-        TraceExport.objects.create(
-            turn=turn, trace_id=trace.trace_id, payload=trace.payload(), next_attempt_at=None
-        )
+        _trace_enqueue(turn, trace)
         Turn.objects.filter(pk=turn.pk).update(trace_id=trace.trace_id)
         turn.trace_id = trace.trace_id
+
+
+def _trace_enqueue(turn: Turn, trace: tracing.TurnTrace) -> None:
+    TraceExport.objects.enqueue(turn_id=turn.pk, trace_id=trace.trace_id, payload=trace.payload())
 
 
 def _elapsed_ms(started: float) -> int:

@@ -25,3 +25,30 @@ def test_an_attempt_overtaken_by_a_retry_writes_nothing(user):
     result = services.turn_answer(retry)
     assert result.turn.status == "completed"
     assert Message.objects.filter(role="assistant").count() == 1
+
+
+def test_a_queued_trace_row_is_the_row_create_would_write(user):
+    from django.db import IntegrityError, transaction
+    from django.forms.models import model_to_dict
+
+    from chat.models import TraceExport
+    from tests.factories import TurnFactory
+
+    turn = TurnFactory(user=user)
+    payload = {"v": 1, "trace_id": "tr-a", "spans": [{"name": "chat_turn", "inputs": "é ✓"}]}
+    TraceExport.objects.enqueue(turn_id=turn.pk, trace_id="tr-a", payload=payload)
+    TraceExport.objects.create(turn=turn, trace_id="tr-b", payload=payload)
+
+    queued, created = TraceExport.objects.order_by("id")
+    assert {**model_to_dict(queued), "id": None, "trace_id": None} == {
+        **model_to_dict(created),
+        "id": None,
+        "trace_id": None,
+    }
+    assert queued.state == TraceExport.State.PENDING and queued.payload == payload
+    assert abs(queued.created_at - created.created_at).total_seconds() < 5
+    # Due at once, as the deliverer's query sees it.
+    assert TraceExport.objects.filter(trace_id="tr-a", next_attempt_at__isnull=True).exists()
+    # A trace id already queued is refused as create() refuses it (the caller-trace fallback).
+    with pytest.raises(IntegrityError), transaction.atomic():
+        TraceExport.objects.enqueue(turn_id=turn.pk, trace_id="tr-a", payload=payload)
