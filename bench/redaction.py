@@ -1,15 +1,16 @@
-"""p50/p90 latency of one chat turn with TRACE_REDACT_PII on vs off, and masking alone, one run.
+"""What TRACE_REDACT_PII costs: a turn on vs off, the deliverer's work per trace, masking alone.
 
     .venv/bin/python bench/redaction.py [--turns 300]
 
 Turns go through the real DRF stack in-process (token auth, ORM, local responder, tracing on)
 with a message that carries an e-mail address, a phone number and a card number, in one
 conversation, so the LLM span's input grows to the full history window as it would in
-production. Masking happens once per turn, when the trace is serialised for its row
-(`TurnTrace.payload`), which is also timed on its own in every turn: on shared cores the whole
-turn's p50 moves by a few ms from run to run, the serialisation's far less. On and off alternate
-in blocks so machine noise hits both alike. The last figure is the masking of one recorded payload
-on its own (`redact` over the spans and previews, nothing cached), without the request around it.
+production. The masking is not on the request path: a turn's row names its messages, and the
+deliverer masks the trace as it fills them in (`selectors.trace_payloads`), so a turn should cost
+the same either way. On and off alternate in blocks so machine noise hits both alike. Then the
+deliverer's completion of each recorded row is timed, masking on and off (each process masks a
+text once: the cache is cleared per trace, as for a deliverer that has not seen the
+conversation), and the masking of one completed payload alone, nothing cached.
 """
 
 import argparse
@@ -33,20 +34,9 @@ def main() -> None:
     boot_django()
     from django.conf import settings
 
+    from chat import selectors
     from chat.models import TraceExport
-    from chat.tracing import redaction, spans
-
-    serialise_ms: dict[bool, list[float]] = {True: [], False: []}
-    payload = spans.TurnTrace.payload
-
-    def timed_payload(self):
-        started = time.perf_counter()
-        try:
-            return payload(self)
-        finally:
-            serialise_ms[settings.TRACE_REDACT_PII].append((time.perf_counter() - started) * 1000)
-
-    spans.TurnTrace.payload = timed_payload
+    from chat.tracing import redaction
 
     _, client = token_client("bench")
     timings: dict[bool, list[float]] = {True: [], False: []}
@@ -67,7 +57,6 @@ def main() -> None:
         for i in range(settings.CHAT_HISTORY_TURNS + 5):
             turn(redacting, i)
         timings[redacting].clear()
-        serialise_ms[redacting].clear()
 
     done = 0
     while done < args.turns:
@@ -78,8 +67,20 @@ def main() -> None:
         done += args.block
         print(f"  {done}/{args.turns} turns per mode", flush=True)
 
-    # Masking alone, on the payload of an unmasked turn (off runs last) with a full history.
-    payload = TraceExport.objects.order_by("-id").first().payload
+    # The deliverer's work per row: fill in the messages it names, mask (or not), clip.
+    rows = list(TraceExport.objects.order_by("-id")[: args.turns])
+    complete_ms: dict[bool, list[float]] = {True: [], False: []}
+    for redacting in (True, False):
+        settings.TRACE_REDACT_PII = redacting
+        for row in rows:
+            redaction.redact_text.cache_clear()
+            started = time.perf_counter()
+            selectors.trace_payloads([row])
+            complete_ms[redacting].append((time.perf_counter() - started) * 1000)
+
+    # Masking alone, on one completed unmasked payload with a full history.
+    settings.TRACE_REDACT_PII = False
+    payload = selectors.trace_payloads(rows[:1])[0]
     assert "@" in payload["request_preview"]
     runs = []
     for _ in range(2000):
@@ -97,11 +98,10 @@ def main() -> None:
         print(f"{label:16}{percentile(values, 50):9.2f}{percentile(values, 90):9.2f}")
     ratio = percentile(on, 50) / percentile(off, 50)
     print(f"p50 on/off ratio: {ratio:.2f}x  (+{percentile(on, 50) - percentile(off, 50):.2f} ms)")
-    s_on, s_off = serialise_ms[True], serialise_ms[False]
-    extra = percentile(s_on, 50) - percentile(s_off, 50)
+    c_on, c_off = complete_ms[True], complete_ms[False]
     print(
-        f"trace serialisation per turn p50: {percentile(s_on, 50):.3f} ms on, "
-        f"{percentile(s_off, 50):.3f} ms off (+{extra:.3f} ms per turn)"
+        f"deliverer, completing one row p50: {percentile(c_on, 50):.3f} ms masked, "
+        f"{percentile(c_off, 50):.3f} ms not (one query for its messages included)"
     )
     size = sum(len(str(s)) for s in payload["spans"])
     print(

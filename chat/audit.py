@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
-from chat import tracing
+from chat import selectors, tracing
 from chat.models import TraceExport, Turn
 
 logger = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def traces_repair(audit: TraceAudit, *, progress: Progress = None) -> int:
     for start in range(0, len(to_write), BATCH):
         chunk = to_write[start : start + BATCH]
         rows = list(TraceExport.objects.filter(trace_id__in=chunk))
-        errors = tracing.write_traces([row.payload for row in rows])
+        errors = tracing.write_traces(selectors.trace_payloads(rows))
         done = [row.pk for row in rows if row.trace_id not in errors]
         now = timezone.now()
         TraceExport.objects.filter(pk__in=done).update(

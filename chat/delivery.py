@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F, Q
 from django.utils import timezone
 
-from chat import tracing
+from chat import selectors, tracing
 from chat.models import TraceExport, Turn
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def trace_deliver_due(*, limit: int | None = None) -> Counter:
     if not rows:
         return Counter()
     try:
-        errors = tracing.write_traces([row.payload for row in rows])
+        errors = tracing.write_traces(selectors.trace_payloads(rows))
     except tracing.TrackingUnavailable as exc:
         _retry_later(rows, owner, f"TrackingUnavailable: {exc}", outage=True)
         return Counter(retry=len(rows))

@@ -25,6 +25,7 @@ LOCAL_MODEL_NAME = "local-responder"
 class ChatMessage:
     role: str  # "system" | "user" | "assistant"
     content: str
+    message_id: int | None = None  # the stored `Message`, when it is one (traces name it)
 
     def as_dict(self) -> dict[str, str]:
         return {"role": self.role, "content": self.content}

@@ -57,7 +57,15 @@ def history_for_llm(*, session: ChatSession, before: Turn, max_turns: int) -> li
         .values_list("id", flat=True)[:max_turns]
     )
     messages = Message.objects.filter(turn_id__in=turn_ids).order_by("turn_id", "id")
-    return [ChatMessage(role=m.role, content=m.content) for m in messages]
+    return [ChatMessage(role=m.role, content=m.content, message_id=m.pk) for m in messages]
+
+
+def trace_payloads(rows: Sequence[TraceExport]) -> list[dict]:
+    """These rows' traces as MLflow is to get them: the messages they name filled in (one query),
+    masked with TRACE_REDACT_PII, previews clipped (see `tracing.complete_payload`)."""
+    ids = set().union(*(tracing.message_refs(row.payload) for row in rows))
+    texts = dict(Message.objects.filter(pk__in=ids).values_list("pk", "content")) if ids else {}
+    return [tracing.complete_payload(row.payload, texts) for row in rows]
 
 
 def user_id_for(value: str) -> int | None:

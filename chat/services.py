@@ -34,6 +34,7 @@ class TurnClaim:
     endpoint: str
     replay: Message | None = None
     caller: tracing.CallerContext | None = None  # the upstream span this turn's trace joins
+    question_id: int | None = None  # the stored question (`Message`), which the trace names
 
 
 @dataclass(frozen=True)
@@ -92,14 +93,20 @@ def turn_begin(
     if existing is None:
         session = selectors.session_get(user=user, session_id=session_id) if session_id else None
         try:
-            turn = _turn_start(
+            turn, question = _turn_start(
                 user=user,
                 session=session,
                 message=message,
                 client_request_id=client_request_id,
                 endpoint=endpoint,
             )
-            return TurnClaim(turn=turn, message=message, endpoint=endpoint, caller=caller)
+            return TurnClaim(
+                turn=turn,
+                message=message,
+                endpoint=endpoint,
+                caller=caller,
+                question_id=question.pk,
+            )
         except IntegrityError:
             # A concurrent request with the same id won the insert: treat this one as its replay.
             existing = selectors.turn_get_by_request_id(
@@ -119,7 +126,7 @@ def _turn_start(
     message: str,
     client_request_id: str,
     endpoint: str,
-) -> Turn:
+) -> tuple[Turn, Message]:
     with transaction.atomic():
         if session is None:
             session = ChatSession.objects.create(owner=user, title=_title_from(message))
@@ -133,8 +140,10 @@ def _turn_start(
             attempts=1,
             started_at=timezone.now(),
         )
-        Message.objects.create(session=session, turn=turn, role=Message.Role.USER, content=message)
-    return turn
+        question = Message.objects.create(
+            session=session, turn=turn, role=Message.Role.USER, content=message
+        )
+    return turn, question
 
 
 def _turn_replay_or_claim(
@@ -144,7 +153,9 @@ def _turn_replay_or_claim(
 
     Raises: RequestIdConflict when the id belongs to a different message or a running turn.
     """
-    asked = turn.messages.filter(role=Message.Role.USER).values_list("content", flat=True).first()
+    question_id, asked = turn.messages.filter(role=Message.Role.USER).values_list(
+        "pk", "content"
+    ).first() or (None, None)
     if asked != message or (session_id and str(session_id) != str(turn.session_id)):
         raise RequestIdConflict(
             "This X-Request-ID was already used for a different message or session. "
@@ -166,7 +177,9 @@ def _turn_replay_or_claim(
             "A turn with this X-Request-ID is still being answered; retry in a few seconds."
         )
     turn.refresh_from_db()
-    return TurnClaim(turn=turn, message=message, endpoint=endpoint, caller=caller)
+    return TurnClaim(
+        turn=turn, message=message, endpoint=endpoint, caller=caller, question_id=question_id
+    )
 
 
 def turn_answer(claim: TurnClaim) -> TurnReply:
@@ -181,7 +194,7 @@ def turn_answer(claim: TurnClaim) -> TurnReply:
     trace = None
     try:
         with _trace_for(claim) as trace:
-            prompt = _prompt_for(turn, claim.message)
+            prompt = _prompt_for(claim)
             reply = _llm_complete(prompt, caller=claim.caller)
             if trace is not None:
                 trace.finish(response=reply.content)
@@ -218,9 +231,9 @@ def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
     try:
         with _trace_for(claim) as trace:
             yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
-            prompt = _prompt_for(turn, claim.message)
+            prompt = _prompt_for(claim)
             model = get_chat_model()
-            with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
+            with tracing.llm_span(messages=prompt, model=model.model) as span:
                 stream = model.stream(prompt, trace_headers=_trace_headers(span, claim.caller))
                 for piece in stream:
                     yield StreamEvent("token", {"text": piece})
@@ -280,10 +293,12 @@ def _trace_for(claim: TurnClaim):
         endpoint=claim.endpoint,
         caller=caller,
         join_caller=not taken,
+        question_id=claim.question_id,
     )
 
 
-def _prompt_for(turn: Turn, message: str) -> list[ChatMessage]:
+def _prompt_for(claim: TurnClaim) -> list[ChatMessage]:
+    turn = claim.turn
     with tracing.history_span(session_id=str(turn.session_id)) as span:
         history = selectors.history_for_llm(
             session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
@@ -292,12 +307,8 @@ def _prompt_for(turn: Turn, message: str) -> list[ChatMessage]:
     return [
         ChatMessage("system", settings.LLM_SYSTEM_PROMPT),
         *history,
-        ChatMessage("user", message),
+        ChatMessage("user", claim.message, message_id=claim.question_id),
     ]
-
-
-def _as_dicts(prompt: list[ChatMessage]) -> list[dict]:
-    return [m.as_dict() for m in prompt]
 
 
 def _trace_headers(span: tracing.Span, caller: tracing.CallerContext | None) -> dict[str, str]:
@@ -307,7 +318,7 @@ def _trace_headers(span: tracing.Span, caller: tracing.CallerContext | None) -> 
 
 def _llm_complete(prompt: list[ChatMessage], *, caller: tracing.CallerContext | None) -> LLMReply:
     model = get_chat_model()
-    with tracing.llm_span(messages=_as_dicts(prompt), model=model.model) as span:
+    with tracing.llm_span(messages=prompt, model=model.model) as span:
         reply = model.complete(prompt, trace_headers=_trace_headers(span, caller))
         span.record_reply(reply)
     return reply
@@ -343,6 +354,8 @@ def _turn_complete(
             content=reply.content,
         )
         ChatSession.objects.filter(pk=turn.session_id).update(updated_at=now)
+        if trace is not None:
+            trace.answer_stored(reply_message.pk)
         _trace_store(turn, trace)
         fields["trace_id"] = _id(trace) or ""  # it changes when the trace left a caller's trace
     for name, value in fields.items():

@@ -1,7 +1,8 @@
 """The one package that talks to MLflow; this module is its public surface.
 
 - `setup`: configure once per process, where traces go, deployment metadata.
-- `spans`: a chat turn's trace, recorded in memory on the request path (no MLflow call).
+- `spans`: a chat turn's trace, recorded in memory on the request path (no MLflow call), and
+  completed from the stored messages it names when it is written.
 - `context`: W3C trace context, to join a caller's trace and pass ours on.
 - `redaction`: masking personal data in a recorded trace (`TRACE_REDACT_PII`).
 - `export`: writing recorded traces to MLflow, complete and idempotent (the delivery process).
@@ -60,8 +61,10 @@ from chat.tracing.spans import (
     USERNAME_KEY,
     Span,
     TurnTrace,
+    complete_payload,
     history_span,
     llm_span,
+    message_refs,
     new_trace_id,
     turn_trace,
 )
@@ -85,6 +88,7 @@ __all__ = [
     "UnsafeFilterValue",
     "assessments_by_trace",
     "caller_context",
+    "complete_payload",
     "configure",
     "deployment_metadata",
     "experiment_id",
@@ -98,6 +102,7 @@ __all__ = [
     "is_ready",
     "llm_span",
     "merge_into_eval_dataset",
+    "message_refs",
     "new_trace_id",
     "passed_on",
     "remaining_assessments",

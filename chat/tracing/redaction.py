@@ -1,7 +1,8 @@
 """Masking personal data (e-mail addresses, phone numbers, card numbers) in a recorded trace.
 
-Applied when a turn's trace is serialised (`spans.TurnTrace.payload`) with `TRACE_REDACT_PII`
-on, so neither the stored `TraceExport` row nor what reaches MLflow holds the values.
+Applied by the deliverer as it completes a stored trace (`spans.complete_payload`) with
+`TRACE_REDACT_PII` on, so what reaches MLflow never holds the values (the stored row names the
+conversation's messages and holds none of their text).
 Regular expressions rather than Microsoft Presidio: Presidio's recognisers for these three are
 regular expressions too (plus a checksum), and it needs spaCy and a language model that cannot be
 installed here; see docs/tracing.md for the measured cost per turn.

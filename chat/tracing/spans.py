@@ -4,8 +4,13 @@ A turn's trace is recorded as plain data (names, nanosecond timestamps, inputs, 
 stored in the database with the turn's answer, in the same transaction. The delivery process
 (`manage.py deliver_traces`) writes it to MLflow later with the original timestamps and ids, so a
 tracking-server outage, a full queue or a killed worker cannot lose it, and the request never
-waits on export work. With `TRACE_REDACT_PII` on, the payload is masked as it is serialised, so
-the stored row and MLflow hold the same masked trace. See docs/tracing.md.
+waits on export work.
+
+The stored payload names the conversation's messages instead of copying them: a text that is a
+`Message` row (the question, the answer, the history sent to the LLM) is stored as
+`{"$message": id}`. `complete_payload` fills them in when the trace is written, then masks it
+(`TRACE_REDACT_PII`) and clips its previews, so the row stays small however long the
+conversation is and holds no conversation text. See docs/tracing.md.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import contextvars
 import secrets
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -25,7 +30,11 @@ from chat.tracing.redaction import redact, redact_text
 from chat.tracing.setup import deployment_metadata
 
 PREVIEW_CHARS = 1000
-PAYLOAD_VERSION = 1
+# 2: conversation texts stored as message references (1: stored whole, masked and clipped).
+PAYLOAD_VERSION = 2
+MESSAGE_REF = "$message"
+# A referenced message gone before its trace was written (its turn was deleted by staff).
+MISSING_TEXT = "[message deleted]"
 
 # MLflow's span types and attribute keys, as plain strings: this module never imports MLflow.
 CHAIN, MEMORY, CHAT_MODEL = "CHAIN", "MEMORY", "CHAT_MODEL"
@@ -38,6 +47,14 @@ _current: contextvars.ContextVar[TurnTrace | None] = contextvars.ContextVar(
 )
 
 
+class PromptMessage(Protocol):
+    """One message sent to the LLM (`chat.llm.ChatMessage`); `message_id` names its stored row."""
+
+    role: str
+    content: str
+    message_id: int | None
+
+
 class ChatReply(Protocol):
     """What an LLM answer must offer to be recorded on its span (`chat.llm.LLMReply` does)."""
 
@@ -45,6 +62,11 @@ class ChatReply(Protocol):
     content: str
     prompt_tokens: int
     completion_tokens: int
+
+
+def message_ref(message_id: int) -> dict:
+    """How a payload names a stored message's text (see `complete_payload`)."""
+    return {MESSAGE_REF: message_id}
 
 
 def new_trace_id(otel_trace_id: int | None = None) -> str:
@@ -152,6 +174,7 @@ class TurnTrace(Span):
         endpoint: str,
         caller: CallerContext | None = None,
         join_caller: bool = True,
+        question_id: int | None = None,
     ):
         self.caller = caller
         self.otel_trace_id = caller.trace_id if caller else uuid.uuid4().int
@@ -167,6 +190,8 @@ class TurnTrace(Span):
         # clip can never cut a value in two and let its first half through unmasked.
         self.request_text = message
         self.response_text: str | None = None
+        self.question = message_ref(question_id) if question_id else message
+        self.answer_id: int | None = None
         if not join_caller:
             self.leave_caller_trace()
         if self.caller is not None:
@@ -177,7 +202,7 @@ class TurnTrace(Span):
         # Chat-shaped inputs/outputs: the MLflow UI shows them as a conversation.
         self.set_inputs(
             {
-                "messages": [{"role": "user", "content": message}],
+                "messages": [{"role": "user", "content": self.question}],
                 "session_id": session_id,
                 "client_request_id": client_request_id,
             }
@@ -210,6 +235,10 @@ class TurnTrace(Span):
         )
         self.response_text = response
 
+    def answer_stored(self, message_id: int) -> None:
+        """The answer is this stored message: the payload names it instead of copying it."""
+        self.answer_id = message_id
+
     def mark_disconnected(self, *, partial_response: str) -> None:
         """The client left mid-stream: keep what was generated and say so on the trace."""
         self.finish(response=partial_response)
@@ -223,13 +252,11 @@ class TurnTrace(Span):
         return span
 
     def payload(self) -> dict:
-        """The complete trace as JSON-ready data (call once the root span has ended)."""
+        """The trace as JSON-ready data, messages by reference (call once the root span ended)."""
         self.end()
         for span in self.spans:
             span.end()
-        redacting = settings.TRACE_REDACT_PII
-        mask, mask_text = (redact, redact_text) if redacting else (_unchanged, _unchanged)
-        response = self.response_text
+        answer = message_ref(self.answer_id) if self.answer_id else self.response_text
         return {
             "v": PAYLOAD_VERSION,
             "trace_id": self.trace_id,
@@ -241,10 +268,65 @@ class TurnTrace(Span):
             "session": self.session_id,
             "metadata": self.metadata,
             "tags": self.tags,
-            "request_preview": _clip(mask_text(self.request_text)),
-            "response_preview": _clip(mask_text(response)) if response is not None else None,
-            "spans": [mask(span.data) for span in self.spans],
+            "request_preview": self.question,
+            "response_preview": answer,
+            "spans": [self._answer_by_reference(span.data) for span in self.spans],
         }
+
+    def _answer_by_reference(self, data: dict) -> dict:
+        """A span whose output is the stored answer, naming it (the root and the LLM span)."""
+        choices = (data["outputs"] or {}).get("choices") if self.answer_id else None
+        if not choices or choices[0]["message"]["content"] != self.response_text:
+            return data
+        answer = message_ref(self.answer_id)
+        first = {**choices[0], "message": {**choices[0]["message"], "content": answer}}
+        return {**data, "outputs": {**data["outputs"], "choices": [first, *choices[1:]]}}
+
+
+def message_refs(payload: dict) -> set[int]:
+    """The ids of the messages a stored payload names."""
+    found: set[int] = set()
+    _walk_refs(payload, found)
+    return found
+
+
+def complete_payload(payload: dict, texts: Mapping[int, str]) -> dict:
+    """The trace MLflow gets from a stored payload: messages filled in, masked, previews clipped.
+
+    `texts` maps the ids `message_refs` named to their content. Masking (`TRACE_REDACT_PII`)
+    covers every span's inputs, outputs, attributes and status message and both previews;
+    previews are clipped after it, so a clip cannot leave half a value unmasked. A payload of
+    version 1 (stored whole, already masked and clipped) comes out as it went in.
+    """
+    filled = _filled(payload, texts)
+    mask, mask_text = (redact, redact_text) if settings.TRACE_REDACT_PII else (_same, _same)
+    response = filled["response_preview"]
+    filled["request_preview"] = _clip(mask_text(filled["request_preview"]))
+    filled["response_preview"] = _clip(mask_text(response)) if response is not None else None
+    filled["spans"] = [mask(span) for span in filled["spans"]]
+    return filled
+
+
+def _walk_refs(value: Any, found: set[int]) -> None:
+    if isinstance(value, dict):
+        if MESSAGE_REF in value:
+            found.add(value[MESSAGE_REF])
+            return
+        for item in value.values():
+            _walk_refs(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _walk_refs(item, found)
+
+
+def _filled(value: Any, texts: Mapping[int, str]) -> Any:
+    if isinstance(value, dict):
+        if MESSAGE_REF in value:
+            return texts.get(value[MESSAGE_REF], MISSING_TEXT)
+        return {key: _filled(item, texts) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_filled(item, texts) for item in value]
+    return value
 
 
 @contextmanager
@@ -258,9 +340,11 @@ def turn_trace(
     endpoint: str,
     caller: CallerContext | None = None,
     join_caller: bool = True,
+    question_id: int | None = None,
 ) -> Iterator[TurnTrace | None]:
     """Record one chat turn's trace (in its caller's trace, given one); None when tracing is off.
 
+    `question_id` is the stored question's message (the payload names it instead of copying).
     An exception leaving the block ends the root span ERROR (and goes on to the caller).
     """
     if not settings.TRACING_ENABLED:
@@ -275,6 +359,7 @@ def turn_trace(
         endpoint=endpoint,
         caller=caller,
         join_caller=join_caller,
+        question_id=question_id,
     )
     token = _current.set(trace)
     try:
@@ -296,10 +381,15 @@ def history_span(*, session_id: str) -> Iterator[Span]:
 
 
 @contextmanager
-def llm_span(*, messages: Sequence[dict], model: str) -> Iterator[Span]:
-    """One call to the LLM (a CHAT_MODEL span); record its answer with `span.record_reply`."""
+def llm_span(*, messages: Sequence[PromptMessage], model: str) -> Iterator[Span]:
+    """One call to the LLM (a CHAT_MODEL span); record its answer with `span.record_reply`.
+
+    A message with a `message_id` is recorded by reference (filled in when written to MLflow).
+    """
     with _child_span("llm", CHAT_MODEL) as span:
-        span.set_inputs({"messages": list(messages), "model": model})
+        if span.trace is not None:
+            prompt = [{"role": m.role, "content": _text_or_ref(m)} for m in messages]
+            span.set_inputs({"messages": prompt, "model": model})
         yield span
 
 
@@ -316,7 +406,11 @@ def _child_span(name: str, span_type: str) -> Iterator[Span]:
     span.end()
 
 
-def _unchanged(value: Any) -> Any:
+def _text_or_ref(message: PromptMessage) -> str | dict:
+    return message_ref(message.message_id) if message.message_id else message.content
+
+
+def _same(value: Any) -> Any:
     return value
 
 

@@ -52,6 +52,66 @@ def test_a_delivered_trace_is_complete_with_the_turns_own_timings_and_context(
     assert export.state == TraceExport.State.EXPORTED and export.exported_at is not None
 
 
+def test_the_stored_row_names_the_conversation_and_mlflow_gets_its_text(api, get_trace):
+    import json
+
+    first = api.post("/api/chat/", {"message": "Where is my parcel?"}, format="json").json()
+    second = api.post(
+        "/api/chat/",
+        {"message": "And my refund?", "session_id": first["session_id"], "stream": False},
+        format="json",
+    ).json()
+    texts = ["Where is my parcel?", first["response"], "And my refund?", second["response"]]
+
+    # The row holds ids of the messages, none of their text, however long the conversation.
+    stored = json.dumps(TraceExport.objects.get(trace_id=second["trace_id"]).payload)
+    assert not [text for text in texts if text in stored]
+    assert (
+        len(stored)
+        < len(json.dumps(TraceExport.objects.get(trace_id=first["trace_id"]).payload)) + 200
+    )
+
+    trace = get_trace(second["trace_id"])
+    spans = {s.name: s for s in trace.data.spans}
+    assert trace.info.request_preview == "And my refund?"
+    assert trace.info.response_preview == second["response"][:1000]
+    assert spans["chat_turn"].inputs["messages"] == [{"role": "user", "content": "And my refund?"}]
+    assert spans["chat_turn"].outputs["choices"][0]["message"]["content"] == second["response"]
+    assert spans["llm"].inputs["messages"][1:] == [
+        {"role": "user", "content": "Where is my parcel?"},
+        {"role": "assistant", "content": first["response"]},
+        {"role": "user", "content": "And my refund?"},
+    ]
+    assert spans["llm"].inputs["messages"][0]["role"] == "system"
+    assert spans["llm"].outputs["choices"][0]["message"]["content"] == second["response"]
+
+
+def test_completing_a_payload_fills_each_reference_and_leaves_whole_texts_alone(settings):
+    settings.TRACE_REDACT_PII = True
+    ref = tracing.spans.message_ref
+    stored = {
+        "request_preview": ref(1),
+        "response_preview": ref(2),
+        "spans": [
+            {"inputs": {"messages": [{"role": "user", "content": ref(1)}]}, "outputs": None},
+            {"inputs": {"messages": [{"role": "user", "content": ref(3)}]}, "outputs": "x" * 5},
+        ],
+    }
+    texts = {1: "mail me at a.b@example.com", 2: "y" * 1500}
+    assert tracing.message_refs(stored) == {1, 2, 3}
+
+    done = tracing.complete_payload(stored, texts)
+
+    assert done["request_preview"] == "mail me at [EMAIL]"
+    assert done["response_preview"] == "y" * 999 + "…"  # clipped after masking
+    assert done["spans"][0]["inputs"]["messages"][0]["content"] == "mail me at [EMAIL]"
+    # A message deleted before its trace was written (staff deleted its turn) says so.
+    assert done["spans"][1]["inputs"]["messages"][0]["content"] == "[message deleted]"
+    assert stored["request_preview"] == ref(1)  # the stored payload is not changed
+    # A payload stored whole (version 1, before references) comes out as it went in.
+    assert tracing.complete_payload(done, {}) == done
+
+
 def test_writing_a_trace_again_adds_nothing(api, get_trace, find_traces):
     body = api.post("/api/chat/", {"message": "twice"}, format="json").json()
     get_trace(body["trace_id"])

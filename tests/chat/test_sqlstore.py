@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
+from chat import selectors
 from chat.models import TraceExport
 from chat.tracing import export, sqlstore
 
@@ -45,7 +46,7 @@ def _recorded(turn_of, api, llm_server) -> list[dict]:
     llm_server.mode = "error"
     failed = api.post("/api/chat/", {"message": "This one fails"}, format="json")
     assert failed.status_code >= 500
-    payloads = [row.payload for row in TraceExport.objects.order_by("id")]
+    payloads = selectors.trace_payloads(TraceExport.objects.order_by("id"))
     assert {p["state"] for p in payloads} == {"OK", "ERROR"}
     return payloads
 

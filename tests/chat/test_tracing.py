@@ -56,7 +56,9 @@ def test_a_trace_id_is_read_inside_the_turn_not_from_the_last_active_trace(api, 
 
 
 def test_child_spans_outside_a_turn_are_no_ops():
-    with tracing.llm_span(messages=[{"role": "user", "content": "x"}], model="m") as span:
+    from chat.llm import ChatMessage
+
+    with tracing.llm_span(messages=[ChatMessage("user", "x")], model="m") as span:
         span.set_inputs({"x": 1})
     assert span.trace_id is None
 

@@ -5,7 +5,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from chat import tracing
+from chat import selectors, tracing
 from chat.models import TraceExport
 from feedback.models import Feedback
 
@@ -43,14 +43,14 @@ def test_each_kind_of_damage_is_found_and_repaired(settled, capsys, mlflow_exper
     lost, halved, _ = (t["trace_id"] for t in settled)
     client.delete_traces(experiment_id=mlflow_experiment, trace_ids=[lost])
     # Half-written: the trace info is there, the spans of one child are not.
-    export = TraceExport.objects.get(trace_id=halved)
+    recorded = selectors.trace_payloads([TraceExport.objects.get(trace_id=halved)])[0]
     tracing.delete_traces([halved])
-    partial = {**export.payload, "spans": export.payload["spans"][:2]}
+    partial = {**recorded, "spans": recorded["spans"][:2]}
     assert tracing.write_traces([partial]) == {}
     # A stray trace nobody's turn knows, and feedback MLflow holds another value for.
-    stray = {**export.payload, "trace_id": "tr-" + "ab" * 16, "spans": []}
+    stray = {**recorded, "trace_id": "tr-" + "ab" * 16, "spans": []}
     stray["spans"] = [
-        {**s, "span_id": s["span_id"] + 1, "parent_id": None} for s in export.payload["spans"][:1]
+        {**s, "span_id": s["span_id"] + 1, "parent_id": None} for s in recorded["spans"][:1]
     ]
     tracing.write_traces([stray])
     changed = Feedback.objects.get(turn__trace_id=settled[2]["trace_id"])
