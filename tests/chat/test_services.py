@@ -36,6 +36,7 @@ def test_a_queued_trace_row_is_the_row_create_would_write(user):
 
     turn = TurnFactory(user=user)
     payload = {"v": 1, "trace_id": "tr-a", "spans": [{"name": "chat_turn", "inputs": "é ✓"}]}
+    payload["spans"][0]["parent_id"] = 2**64 - 1  # a caller's span id: orjson's largest int
     TraceExport.objects.enqueue(turn_id=turn.pk, trace_id="tr-a", payload=payload)
     TraceExport.objects.create(turn=turn, trace_id="tr-b", payload=payload)
 
@@ -49,6 +50,10 @@ def test_a_queued_trace_row_is_the_row_create_would_write(user):
     assert abs(queued.created_at - created.created_at).total_seconds() < 5
     # Due at once, as the deliverer's query sees it.
     assert TraceExport.objects.filter(trace_id="tr-a", next_attempt_at__isnull=True).exists()
+    # Past orjson's range, the standard encoder takes over.
+    wide = {**payload, "trace_id": "tr-c", "big": 2**70}
+    TraceExport.objects.enqueue(turn_id=turn.pk, trace_id="tr-c", payload=wide)
+    assert TraceExport.objects.get(trace_id="tr-c").payload == wide
     # A trace id already queued is refused as create() refuses it (the caller-trace fallback).
     with pytest.raises(IntegrityError), transaction.atomic():
         TraceExport.objects.enqueue(turn_id=turn.pk, trace_id="tr-a", payload=payload)
