@@ -85,6 +85,7 @@ def feedback_repair(audit: FeedbackAudit) -> int:
         attempts=0,
         next_attempt_at=timezone.now(),
         leased_until=None,
+        lease_owner="",
     )
     counts = services.feedback_deliver_many(feedback_ids=ids)
     return counts[Feedback.Delivery.DELIVERED]

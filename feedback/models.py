@@ -46,6 +46,9 @@ class Feedback(models.Model):
     # Held by the deliverer working on the row; edits never touch it, so no two deliveries of
     # one row ever overlap (an edit during a delivery is delivered right after it).
     leased_until = models.DateTimeField(null=True, blank=True)
+    # Which delivery attempt holds the lease: only it releases the lease and records the result,
+    # so a deliverer that outlived its lease cannot undo the one that took the row over.
+    lease_owner = models.CharField(max_length=32, blank=True)
     delivered_at = models.DateTimeField(null=True, blank=True)
     feedback_assessment_id = models.CharField(max_length=64, blank=True)
     expectation_assessment_id = models.CharField(max_length=64, blank=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -115,23 +116,27 @@ def feedback_deliver(*, feedback_id: int, now: datetime | None = None) -> str | 
     # The claim names only the row's own columns. With the trace join in it, Django writes
     # `WHERE id IN (SELECT ...)`, which PostgreSQL does not re-check against a claim committed
     # meanwhile, so two deliverers could both take the row and log the feedback twice.
+    owner = uuid.uuid4().hex
     claimed = (
         selectors.feedback_pending()
         .filter(due(now), pk=feedback_id)
         .update(
             leased_until=now + timedelta(seconds=settings.FEEDBACK_LEASE_S),
+            lease_owner=owner,
             attempts=F("attempts") + 1,
         )
     )
     if not claimed:
         return None
     try:
-        return _deliver_claimed(feedback_id, now=now)
+        return _deliver_claimed(feedback_id, owner=owner, now=now)
     finally:
-        Feedback.objects.filter(pk=feedback_id).update(leased_until=None)
+        Feedback.objects.filter(pk=feedback_id, lease_owner=owner).update(
+            leased_until=None, lease_owner=""
+        )
 
 
-def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
+def _deliver_claimed(feedback_id: int, *, owner: str, now: datetime) -> str:
     first_attempt = Feedback.objects.filter(pk=feedback_id, first_attempt_at__isnull=True).update(
         first_attempt_at=now
     )
@@ -142,6 +147,7 @@ def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
         return _delivery_failed(
             feedback,
             "the turn has no MLflow trace (tracing was off or not ready when it ran)",
+            owner=owner,
             permanent=True,
         )
 
@@ -164,6 +170,7 @@ def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
         return _delivery_failed(
             feedback,
             f"{type(exc).__name__}: {exc}",
+            owner=owner,
             permanent=False,
             steady=isinstance(exc, tracing.TraceNotFound),
         )
@@ -173,7 +180,8 @@ def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
         "expectation_assessment_id": expectation_assessment_id,
         "last_error": "",
     }
-    done = Feedback.objects.filter(pk=feedback.pk, version=version).update(
+    mine = Feedback.objects.filter(pk=feedback.pk, lease_owner=owner)
+    done = mine.filter(version=version).update(
         **delivered,
         delivery_state=Feedback.Delivery.DELIVERED,
         delivered_version=version,
@@ -184,10 +192,15 @@ def _deliver_claimed(feedback_id: int, *, now: datetime) -> str:
         return Feedback.Delivery.DELIVERED
     # Changed while we delivered (so still pending): keep the ids we made; the newer version is
     # delivered as soon as our lease is released, reconciling against what we just wrote.
-    if not Feedback.objects.filter(pk=feedback.pk).update(**delivered):
+    if mine.update(**delivered):
+        return Feedback.Delivery.PENDING
+    if not Feedback.objects.filter(pk=feedback.pk).exists():
         _unwrite_deleted(feedback, trace_id)
         return "deleted"
-    return Feedback.Delivery.PENDING
+    # Our lease ran out and another deliverer holds the row: its result is the one recorded
+    # (it reconciles against what MLflow has, this write included).
+    logger.warning("feedback delivery outlived its lease feedback_id=%s", feedback.pk)
+    return "superseded"
 
 
 def _unwrite_deleted(feedback: Feedback, trace_id: str) -> None:
@@ -204,7 +217,7 @@ def _unwrite_deleted(feedback: Feedback, trace_id: str) -> None:
 
 
 def _delivery_failed(
-    feedback: Feedback, error: str, *, permanent: bool, steady: bool = False
+    feedback: Feedback, error: str, *, owner: str, permanent: bool, steady: bool = False
 ) -> str:
     """Record a failed attempt: retry later with backoff, or give up with the reason.
 
@@ -225,8 +238,9 @@ def _delivery_failed(
             Feedback.Delivery.PENDING,
             timezone.now() + timedelta(seconds=delay),
         )
-    # A change made meanwhile reset the row to a fresh pending state: leave that alone.
-    Feedback.objects.filter(pk=feedback.pk, version=feedback.version).update(
+    # A change made meanwhile reset the row to a fresh pending state, or another deliverer took
+    # it over after our lease ran out: leave that alone.
+    Feedback.objects.filter(pk=feedback.pk, version=feedback.version, lease_owner=owner).update(
         delivery_state=state,
         attempts=attempts,
         last_error=error[:2000],

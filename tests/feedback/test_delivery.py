@@ -185,3 +185,47 @@ def test_deliverers_racing_for_one_row_deliver_it_once(api, turn_of, get_trace, 
     assert set(Feedback.objects.values_list("attempts", flat=True)) == {1}
     for turn in turns:
         assert [a.feedback.value for a in assessments(turn["trace_id"])] == [False]
+
+
+def test_a_deliverer_that_outlived_its_lease_leaves_the_row_to_the_one_that_took_it_over(
+    api, turn_of, get_trace, assessments, monkeypatch, settings
+):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat import tracing
+
+    turn = turn_of()
+    get_trace(turn["trace_id"])
+    feedback = _rate(api, turn, is_correct=True)
+    sync = tracing.sync_assessments
+    later = timezone.now() + timedelta(seconds=settings.FEEDBACK_LEASE_S + 1)
+    takeover = {}
+
+    def slow_write(**kwargs):
+        # The first deliverer stalls past its lease; a second one claims the row meanwhile and
+        # is still writing (its claim is taken, its delivery not yet run) when the first ends.
+        monkeypatch.setattr(tracing, "sync_assessments", sync)
+        Feedback.objects.filter(pk=feedback.pk).update(
+            leased_until=later + timedelta(seconds=settings.FEEDBACK_LEASE_S),
+            lease_owner="second-deliverer",
+        )
+        takeover["written"] = sync(**kwargs)
+        return takeover["written"]
+
+    monkeypatch.setattr(tracing, "sync_assessments", slow_write)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "superseded"
+
+    row = Feedback.objects.get(pk=feedback.pk)
+    # The second deliverer's lease and the row's state are untouched: it records the result.
+    assert row.lease_owner == "second-deliverer" and row.leased_until is not None
+    assert row.delivery_state == Feedback.Delivery.PENDING and row.feedback_assessment_id == ""
+    assert services.feedback_deliver(feedback_id=feedback.pk) is None  # no third deliverer
+
+    # Once it is done (lease over), the row is delivered once, onto what MLflow already has.
+    Feedback.objects.filter(pk=feedback.pk).update(leased_until=None, lease_owner="")
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    (valid,) = assessments(turn["trace_id"])
+    assert valid.feedback.value is True
+    assert Feedback.objects.get(pk=feedback.pk).feedback_assessment_id == takeover["written"][0]
