@@ -8,6 +8,7 @@ every fifth, waits until both workers have delivered everything, then reads each
 
     .venv/bin/python bench/footprint.py --turns 1000
     .venv/bin/python bench/footprint.py --worker-python .venv-sdk/bin/python  # SDK deliverers
+    .venv/bin/python bench/footprint.py --worker-python .venv-sdk/bin/python --direct  # make run
 """
 
 from __future__ import annotations
@@ -120,6 +121,11 @@ def main() -> None:
     parser.add_argument("--rate-every", type=int, default=5, help="rate every Nth turn")
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--worker-python", default=sys.executable, help="interpreter of deliverers")
+    parser.add_argument(
+        "--direct",
+        action="store_true",
+        help="the trace worker on this interpreter, writing into the server's database (make run)",
+    )
     parser.add_argument("--drain-timeout", type=float, default=300)
     parser.add_argument(
         "--importtime",
@@ -152,7 +158,15 @@ def main() -> None:
         stack.start_app()
         app_ready = time.monotonic() - started
         for command in ("deliver_traces", "deliver_feedback"):
-            stack._spawn(command, [args.worker_python, "manage.py", command, "--loop"])
+            python, env = args.worker_python, None
+            if command == "deliver_traces" and args.direct:
+                # As make run: into the tracking server's database, on the full package.
+                python = sys.executable
+                env = {
+                    **stack.env,
+                    "MLFLOW_TRACKING_URI": f"sqlite:///{stack.mlflow.root}/mlflow.db",
+                }
+            stack._spawn(command, [python, "manage.py", command, "--loop"], env)
         workers_before = {pid: rss(pid) for pid in stack.app_workers()}
 
         def turn(n: int) -> None:
@@ -205,7 +219,7 @@ def main() -> None:
         for name, pid in deliverers.items():
             print(
                 f"{name} RSS / bare Django+DRF: {rss(pid) / MB:.1f} / {bare / MB:.1f} = "
-                f"{rss(pid) / bare:.2f}x  ({args.worker_python})"
+                f"{rss(pid) / bare:.2f}x  ({cmdline(pid).split()[0]})"
             )
         print(f"total RSS of make run: {total_rss / MB:.0f} MB (PSS {total_pss / MB:.0f} MB)")
         print(

@@ -4,12 +4,14 @@
     .venv/bin/python bench/load.py --quick          # smoke: 20/s for 5 s, compare 3 s
     .venv/bin/python bench/load.py --rates 50,150 --duration 30 --json /tmp/load.json
     .venv/bin/python bench/load.py --worker "deliver_feedback --loop" --worker "other_cmd --loop"
+    .venv/bin/python bench/load.py --rest           # trace worker over REST (TRACE_WORKER_DIRECT=0)
 
 Starts, on loopback with free ports and in a fresh temporary directory (never var/): an
-`mlflow server` exactly as bin/serve does (SQLite store, `--workers 1`), `manage.py migrate`, a
-user with a DRF token, gunicorn with gunicorn.conf.py and the background workers (`--worker`,
-a manage.py command line; repeatable), with bin/serve's environment and the local responder at
-full speed (LLM_LOCAL_TOKEN_DELAY_MS=0).
+`mlflow server` exactly as bin/serve does (bin/mlflow-server, SQLite store, `--workers 1`),
+`manage.py migrate`, a user with a DRF token, gunicorn with gunicorn.conf.py and the background
+workers (`--worker`, a manage.py command line; repeatable; the trace worker writing into the
+tracking server's database unless --rest), with bin/serve's environment and the local responder
+at full speed (LLM_LOCAL_TOKEN_DELAY_MS=0).
 
 At each offered rate, POST /api/chat/ goes out on a fixed schedule whatever the answers' latency
 (open loop; asyncio + aiohttp), each with its own X-Request-ID. Latency counts from a request's
@@ -237,8 +239,8 @@ class App:
             "mlflow-server",
             [
                 *BACKGROUND,
-                str(Path(sys.executable).with_name("mlflow")),
-                "server",
+                sys.executable,
+                str(ROOT / "bin" / "mlflow-server"),
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -681,9 +683,10 @@ def parse_args() -> argparse.Namespace:
         help="the app's database (default: a fresh SQLite file), e.g. bin/with-postgres's",
     )
     parser.add_argument(
-        "--direct",
+        "--rest",
         action="store_true",
-        help="the trace worker writes to the tracking server's database (not through its API)",
+        help="the trace worker writes through the tracking server's REST API (as "
+        "TRACE_WORKER_DIRECT=0 make run), not into its database (the default, as make run)",
     )
     parser.add_argument(
         "--mlflow-workers", type=int, default=1, help="tracking server workers (1, as make run)"
@@ -768,7 +771,7 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
     client = mlflow.MlflowClient(tracking_uri=app.mlflow_url)
     experiment = client.get_experiment_by_name(app.env["MLFLOW_EXPERIMENT_NAME"])
     app.experiment_id = experiment.experiment_id if experiment else ""
-    app.start_workers(args.workers, direct=args.direct)
+    app.start_workers(args.workers, direct=not args.rest)
     traced_url = app.start_gunicorn("gunicorn-traced", free_port(), traced=True)
     if not app.experiment_id:
         experiment = client.get_experiment_by_name(app.env["MLFLOW_EXPERIMENT_NAME"])
@@ -812,7 +815,8 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
     print(
         f"open-loop POST /api/chat/, {args.duration:g}s per rate, gunicorn "
         f"{os.environ.get('WEB_CONCURRENCY', '2')} workers x "
-        f"{os.environ.get('GUNICORN_THREADS', '4')} threads, workers: {workers}"
+        f"{os.environ.get('GUNICORN_THREADS', '4')} threads, workers: {workers}; traces written "
+        + ("through the tracking server's REST API" if args.rest else "into its database")
     )
     print_table(rows, args.drain_timeout)
     print()

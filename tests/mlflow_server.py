@@ -1,4 +1,7 @@
-"""A real `mlflow server` process on loopback that tests can stop and start again."""
+"""A real `mlflow server` process on loopback that tests can stop and start again.
+
+Started as bin/serve starts it: through bin/mlflow-server, MLflow's CLI become the server itself.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+
+LAUNCHER = Path(__file__).resolve().parent.parent / "bin" / "mlflow-server"
 
 
 def free_port() -> int:
@@ -30,13 +35,12 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 90.0) -> None:
-        mlflow_bin = Path(sys.executable).with_name("mlflow")
         self.root.mkdir(parents=True, exist_ok=True)
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen(
             [
-                str(mlflow_bin),
-                "server",
+                sys.executable,
+                str(LAUNCHER),
                 "--host",
                 "127.0.0.1",
                 "--port",
