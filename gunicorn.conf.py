@@ -1,17 +1,18 @@
-"""Gunicorn settings for `make run` and production (override with GUNICORN_CMD_ARGS)."""
+"""Gunicorn settings for `make run` and production: the ASGI app under uvicorn workers.
+
+gunicorn manages the processes (start, restart a dead one, graceful stop); each worker is one
+event loop that answers any number of turns at once while they wait on the model (up to
+CHAT_MAX_TURNS_IN_FLIGHT). Override with GUNICORN_CMD_ARGS. See docs/serving.md.
+"""
 
 import os
 
-from chatproject.gunicorn_errors import install as json_errors
-
-json_errors()  # gunicorn's own 400/431 pages in the API's JSON error shape
-
+wsgi_app = "chatproject.asgi:application"
+worker_class = "chatproject.workers.ChatWorker"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
 timeout = 120
-graceful_timeout = 30
+graceful_timeout = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "30"))
 accesslog = "-"
-access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms request_id=%({x-request-id}o)s'
 # gunicorn's control socket defaults to one path (~/.gunicorn/gunicorn.ctl) for every instance of
 # the OS user, so a second instance would take over the first's. Off unless a path is given.
 control_socket = os.environ.get("GUNICORN_CONTROL_SOCKET", "")

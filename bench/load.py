@@ -279,7 +279,6 @@ class App:
             name,
             [
                 str(Path(sys.executable).with_name("gunicorn")),
-                "chatproject.wsgi",
                 "-c",
                 "gunicorn.conf.py",
                 "--bind",
@@ -814,8 +813,8 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
     workers = ", ".join(shlex.join(argv) for argv in args.workers) or "none"
     print(
         f"open-loop POST /api/chat/, {args.duration:g}s per rate, gunicorn "
-        f"{os.environ.get('WEB_CONCURRENCY', '2')} workers x "
-        f"{os.environ.get('GUNICORN_THREADS', '4')} threads, workers: {workers}; traces written "
+        f"{os.environ.get('WEB_CONCURRENCY', '2')} uvicorn (ASGI) workers, "
+        f"trace workers: {workers}; traces written "
         + ("through the tracking server's REST API" if args.rest else "into its database")
     )
     print_table(rows, args.drain_timeout)

@@ -2,6 +2,9 @@
 
 import json
 import re
+import weakref
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -15,8 +18,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors, services, tracing
+from chat.capacity import TurnSlot, turn_slots
 from chat.models import REQUEST_ID_PATTERN, Message
 from chatproject.api import StrictSerializer, WhenField, cursor_decode, cursor_encode
+from chatproject.asyncapi import AsyncAPIView
+from chatproject.asyncdb import db_unit
 
 # The same pattern for JSON Schema (ECMA regex has no \Z).
 REQUEST_ID_SCHEMA_PATTERN = REQUEST_ID_PATTERN.pattern.replace("\\Z", "$")
@@ -86,23 +92,48 @@ def sse_event(kind: str, data) -> str:
     return f"event: {kind}\ndata: {json.dumps(data, default=str)}\n\n"
 
 
-def event_stream_response(events, *, request_id: str, serialize_done) -> StreamingHttpResponse:
-    """Server-sent events; the `done` event's reply goes through `serialize_done`."""
+def event_stream_response(
+    events: AsyncIterator[services.StreamEvent],
+    *,
+    request_id: str,
+    serialize_done: Callable[[services.TurnReply], dict],
+    slot: TurnSlot,
+) -> StreamingHttpResponse:
+    """Server-sent events, read from `events` as the ASGI server sends them.
 
-    def encoded():
-        for event in events:
-            data = serialize_done(event.data) if event.kind == "done" else event.data
-            yield sse_event(event.kind, data)
+    The turn's slot is given back when the stream ends, however it ends (a stream whose client
+    left before it started ends with the response).
+    """
+
+    async def encoded() -> AsyncIterator[str]:
+        try:
+            # Closing this stream (the client left while a piece was being sent) closes the
+            # turn's too, so the turn is recorded as cancelled at once, not when collected.
+            async with aclosing(events) as stream:
+                async for event in stream:
+                    if event.kind == "keepalive":
+                        yield ": keepalive\n\n"
+                        continue
+                    data = serialize_done(event.data) if event.kind == "done" else event.data
+                    yield sse_event(event.kind, data)
+        finally:
+            slot.release()
 
     response = StreamingHttpResponse(encoded(), content_type="text/event-stream")
+    weakref.finalize(response, slot.release)
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"  # proxies must not hold the stream back
     response["X-Request-ID"] = request_id
     return response
 
 
-class ChatApi(APIView):
-    """POST a message; the answer is one turn of the conversation and one MLflow trace."""
+class ChatApi(AsyncAPIView):
+    """POST a message; the answer is one turn of the conversation and one MLflow trace.
+
+    Async: the model is awaited, so a turn waiting on it holds no thread and no database
+    connection. Past CHAT_MAX_TURNS_IN_FLIGHT turns in this process, a turn is refused at once
+    (503 `overloaded`, `Retry-After`). See docs/serving.md.
+    """
 
     renderer_classes = [JSONRenderer, EventStreamRenderer]
     throttle_scope = "chat"
@@ -134,12 +165,13 @@ class ChatApi(APIView):
         request=InputSerializer,
         responses={
             (200, "application/json"): OutputSerializer,
-            # start / token / done events (or one error event), each one JSON object.
+            # start / token / done events (or one error event), each one JSON object; comment
+            # lines (`: keepalive`) while the model is slow to answer.
             (200, "text/event-stream"): OpenApiTypes.OBJECT,
         },
         parameters=[REQUEST_ID_HEADER, SESSION_ID_HEADER, TRACEPARENT_HEADER],
     )
-    def post(self, request: Request, endpoint: str = "api_chat") -> Response:
+    async def post(self, request: Request, endpoint: str = "api_chat") -> Response:
         serializer = self.InputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         client_request_id = request_id_from(request)
@@ -148,22 +180,32 @@ class ChatApi(APIView):
             request.headers.get("Accept", "")
         )
 
-        claim = services.turn_begin(
-            user=request.user,
-            message=serializer.validated_data["message"],
-            session_id=session_id,
-            client_request_id=client_request_id,
-            endpoint=endpoint,
-            caller=tracing.caller_context(request.headers) if settings.TRACE_JOIN_CALLERS else None,
-        )
-        request_id = claim.turn.client_request_id
-        if wants_stream:
-            return event_stream_response(
-                services.turn_stream(claim),
-                request_id=request_id,
-                serialize_done=lambda reply: self.OutputSerializer(reply).data,
+        slot = turn_slots.take()
+        streaming = False  # once the stream is handed over, it gives the slot back
+        try:
+            claim = await db_unit(services.turn_begin)(
+                user=request.user,
+                message=serializer.validated_data["message"],
+                session_id=session_id,
+                client_request_id=client_request_id,
+                endpoint=endpoint,
+                caller=(
+                    tracing.caller_context(request.headers) if settings.TRACE_JOIN_CALLERS else None
+                ),
             )
-        reply = services.turn_answer(claim)
+            request_id = claim.turn.client_request_id
+            if wants_stream:
+                streaming = True
+                return event_stream_response(
+                    services.turn_stream(claim),
+                    request_id=request_id,
+                    serialize_done=lambda reply: self.OutputSerializer(reply).data,
+                    slot=slot,
+                )
+            reply = await services.turn_answer(claim)
+        finally:
+            if not streaming:
+                slot.release()
         response = Response(self.OutputSerializer(reply).data, status=status.HTTP_200_OK)
         response["X-Request-ID"] = request_id
         return response

@@ -31,6 +31,21 @@ class TracesUnavailable(ChatError):
     code = "traces_unavailable"
 
 
+class Overloaded(ChatError):
+    """This process already answers as many turns as it may (CHAT_MAX_TURNS_IN_FLIGHT), or is
+    stopping: refused at once, so a client or load balancer can go elsewhere or come back."""
+
+    status_code = 503
+    code = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class ClientDisconnected(ChatError):
     """The client went away before a streamed answer was complete."""
 

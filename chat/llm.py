@@ -1,15 +1,17 @@
 """The one seam to the LLM: a deterministic local responder, or any OpenAI-compatible API.
 
-`trace_headers` (the W3C `traceparent` of the turn's LLM span, from `Span.trace_headers`) go on
-the HTTP request, so a traced model server joins the turn's trace.
+Both are awaited: a turn waiting on the model holds no thread and no database connection, only
+its coroutine (see docs/serving.md). `trace_headers` (the W3C `traceparent` of the turn's LLM span,
+from `Span.trace_headers`) go on the HTTP request, so a traced model server joins the turn's trace.
 """
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import contextlib
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
@@ -44,19 +46,91 @@ class LLMReply:
 
 
 class ReplyStream:
-    """Text pieces as the model produces them; `reply` holds the whole answer once exhausted."""
+    """Text pieces as the model produces them; `reply` holds the whole answer once exhausted.
 
-    def __init__(self, pieces: Iterator[str], finish: Callable[[str], LLMReply]):
+    Each wait for the next piece is bounded by `idle_timeout_s` (LLMTimeout past it): a model
+    server that stops answering mid-stream frees the turn instead of holding it.
+    """
+
+    def __init__(
+        self,
+        pieces: AsyncIterator[str],
+        finish: Callable[[str], LLMReply],
+        *,
+        idle_timeout_s: float | None = None,
+    ):
         self._pieces = pieces
         self._finish = finish
+        self._idle_timeout_s = idle_timeout_s
         self._seen: list[str] = []
         self.reply: LLMReply | None = None
 
-    def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self._seen.append(piece)
-            yield piece
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[str]:
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(self._idle_timeout_s):
+                        piece = await anext(self._pieces)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise LLMTimeout("The language model stopped answering.") from exc
+                self._seen.append(piece)
+                yield piece
+        finally:
+            await self.aclose()
         self.reply = self._finish("".join(self._seen))
+
+    async def with_keepalive(self, every_s: float | None) -> AsyncIterator[str | None]:
+        """The pieces, with None whenever `every_s` passes without one (a stream's keepalive).
+
+        The model's stream is read by a task of its own, so waiting for the next piece can time
+        out without cancelling it; leaving the loop cancels that task and the model call.
+        """
+        if not every_s:
+            async for piece in self:
+                yield piece
+            return
+        queue: asyncio.Queue = asyncio.Queue()
+        finished = object()
+
+        async def read() -> None:
+            try:
+                async for piece in self:
+                    queue.put_nowait(piece)
+            except Exception as exc:  # handed to the reader below, which raises it
+                queue.put_nowait(exc)
+                return
+            queue.put_nowait(finished)
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(every_s):
+                        item = await queue.get()
+                except TimeoutError:
+                    yield None
+                    continue
+                if item is finished:
+                    return
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+        finally:
+            if not reader.done():
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def aclose(self) -> None:
+        """Stop the model's generation (its HTTP response is closed)."""
+        aclose = getattr(self._pieces, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
     @property
     def text_so_far(self) -> str:
@@ -71,7 +145,7 @@ class ChatModel(Protocol):
 
     def complete(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
-    ) -> LLMReply: ...
+    ) -> Awaitable[LLMReply]: ...
 
     def stream(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
@@ -92,11 +166,11 @@ class LocalResponder:
         # Simulated generation speed, so streaming looks and measures like a real model.
         self.token_delay_s = token_delay_s
 
-    def complete(
+    async def complete(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
     ) -> LLMReply:
         stream = self.stream(messages)
-        for _ in stream:
+        async for _ in stream:
             pass
         return stream.reply
 
@@ -106,10 +180,10 @@ class LocalResponder:
         content = self.reply_text(messages)
         prompt_tokens = sum(_count_tokens(m.content) + 4 for m in messages)
 
-        def pieces() -> Iterator[str]:
+        async def pieces() -> AsyncIterator[str]:
             for piece in re.findall(r"\S+\s*", content):
                 if self.token_delay_s:
-                    time.sleep(self.token_delay_s)
+                    await asyncio.sleep(self.token_delay_s)
                 yield piece
 
         return ReplyStream(
@@ -142,28 +216,48 @@ class LocalResponder:
 
 
 class OpenAICompatibleChat:
-    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, ...)."""
+    """Any OpenAI-compatible chat-completions server (OpenAI, vLLM, Ollama, ...), awaited.
+
+    A whole answer must come within `timeout_s`; a streamed one must start within it and never
+    pause longer. One `AsyncOpenAI` client per event loop: its connection pool belongs to a loop.
+    """
 
     def __init__(self, *, base_url: str, model: str, api_key: str, timeout_s: float):
         import openai
 
         self.model = model
         self._openai = openai
-        # Retries are ours to decide: a chat turn should fail fast with a clear 502/504.
-        self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s, max_retries=0
-        )
+        self._base_url = base_url
+        self._api_key = api_key or "not-needed"
+        self.timeout_s = timeout_s
+        self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def complete(
+    def _client(self):
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            # Retries are ours to decide: a chat turn should fail fast with a clear 502/504.
+            # The client's own cap (1,000 connections) is above the app's turn cap per process.
+            client = self._openai.AsyncOpenAI(
+                base_url=self._base_url,
+                api_key=self._api_key,
+                timeout=self.timeout_s,
+                max_retries=0,
+            )
+            self._clients[loop] = client
+        return client
+
+    async def complete(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
     ) -> LLMReply:
         """Raises: LLMTimeout, LLMUnavailable."""
         with self._errors():
-            completion = self._client.chat.completions.create(
-                model=self.model,
-                messages=[m.as_dict() for m in messages],
-                extra_headers=dict(trace_headers or {}),
-            )
+            async with asyncio.timeout(self.timeout_s):
+                completion = await self._client().chat.completions.create(
+                    model=self.model,
+                    messages=[m.as_dict() for m in messages],
+                    extra_headers=dict(trace_headers or {}),
+                )
         self._check_choices(completion)
         content = completion.choices[0].message.content
         usage = completion.usage
@@ -177,26 +271,30 @@ class OpenAICompatibleChat:
     def stream(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
     ) -> ReplyStream:
-        """Raises (while iterating too): LLMTimeout, LLMUnavailable."""
+        """Raises (while iterating): LLMTimeout, LLMUnavailable."""
         usage: dict = {}
         model_name = [self.model]
 
-        def pieces() -> Iterator[str]:
+        async def pieces() -> AsyncIterator[str]:
             with self._errors():
-                chunks = self._client.chat.completions.create(
+                chunks = await self._client().chat.completions.create(
                     model=self.model,
                     messages=[m.as_dict() for m in messages],
                     stream=True,
                     stream_options={"include_usage": True},
                     extra_headers=dict(trace_headers or {}),
                 )
-                for chunk in chunks:
-                    model_name[0] = chunk.model or model_name[0]
-                    if chunk.usage:
-                        usage.update(chunk.usage.model_dump())
-                    for choice in chunk.choices or []:
-                        if choice.delta and choice.delta.content:
-                            yield choice.delta.content
+                try:
+                    async for chunk in chunks:
+                        model_name[0] = chunk.model or model_name[0]
+                        if chunk.usage:
+                            usage.update(chunk.usage.model_dump())
+                        for choice in chunk.choices or []:
+                            if choice.delta and choice.delta.content:
+                                yield choice.delta.content
+                finally:
+                    # Closing the response tells the model server to stop generating.
+                    await chunks.close()
 
         def finish(text: str) -> LLMReply:
             return LLMReply(
@@ -206,13 +304,15 @@ class OpenAICompatibleChat:
                 completion_tokens=usage.get("completion_tokens", _count_tokens(text)),
             )
 
-        return ReplyStream(pieces(), finish)
+        return ReplyStream(pieces(), finish, idle_timeout_s=self.timeout_s)
 
     @contextmanager
-    def _errors(self) -> Iterator[None]:
+    def _errors(self):
         openai = self._openai
         try:
             yield
+        except TimeoutError as exc:
+            raise LLMTimeout("The language model did not answer in time.") from exc
         except openai.APITimeoutError as exc:
             raise LLMTimeout("The language model did not answer in time.") from exc
         except openai.APIStatusError as exc:
@@ -233,23 +333,26 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-@functools.cache
-def _model_for(
-    base_url: str, model: str, api_key: str, timeout_s: float, local_delay_s: float
-) -> ChatModel:
-    if not base_url:
-        return LocalResponder(token_delay_s=local_delay_s)
-    return OpenAICompatibleChat(
-        base_url=base_url, model=model or "gpt-4o-mini", api_key=api_key, timeout_s=timeout_s
-    )
+_models: dict[tuple, ChatModel] = {}
 
 
 def get_chat_model() -> ChatModel:
-    """The configured model (cached per configuration, so tests can switch with settings)."""
-    return _model_for(
+    """The configured model (one per configuration, so tests can switch with settings)."""
+    key = (
         settings.LLM_BASE_URL,
         settings.LLM_MODEL,
         settings.LLM_API_KEY,
         settings.LLM_TIMEOUT_S,
         settings.LLM_LOCAL_TOKEN_DELAY_MS / 1000,
     )
+    model = _models.get(key)
+    if model is None:
+        base_url, name, api_key, timeout_s, local_delay_s = key
+        if not base_url:
+            model = LocalResponder(token_delay_s=local_delay_s)
+        else:
+            model = OpenAICompatibleChat(
+                base_url=base_url, model=name or "gpt-4o-mini", api_key=api_key, timeout_s=timeout_s
+            )
+        _models[key] = model
+    return model

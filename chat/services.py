@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -16,9 +17,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from chat import selectors, tracing
-from chat.exceptions import ChatError, ClientDisconnected, RequestIdConflict
+from chat.exceptions import ChatError, RequestIdConflict
 from chat.llm import ChatMessage, LLMReply, get_chat_model
 from chat.models import ChatSession, Message, TraceExport, Turn
+from chatproject.asyncdb import db_unit
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +36,10 @@ class TurnClaim:
     endpoint: str
     replay: Message | None = None
     caller: tracing.CallerContext | None = None  # the upstream span this turn's trace joins
+    # False when the caller's trace is already another turn's (or attempt's): not joined twice.
+    join_caller: bool = True
     question_id: int | None = None  # the stored question (`Message`), which the trace names
+    username: str = ""  # who asked, as the trace shows them (read here: no query while answering)
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,8 @@ def turn_begin(
     Raises: Http404 (someone else's or no such session), RequestIdConflict.
     """
     client_request_id = client_request_id or new_request_id()
+    # A caller's trace already recorded by another turn (or attempt) is not joined twice.
+    join_caller = caller is None or not selectors.trace_recorded(otel_trace_id=caller.trace_id)
     existing = selectors.turn_get_by_request_id(user=user, client_request_id=client_request_id)
     if existing is None:
         session = selectors.session_get(user=user, session_id=session_id) if session_id else None
@@ -105,7 +112,9 @@ def turn_begin(
                 message=message,
                 endpoint=endpoint,
                 caller=caller,
+                join_caller=join_caller,
                 question_id=question.pk,
+                username=user.get_username(),
             )
         except IntegrityError:
             # A concurrent request with the same id won the insert: treat this one as its replay.
@@ -115,7 +124,12 @@ def turn_begin(
             if existing is None:
                 raise
     return _turn_replay_or_claim(
-        existing, message=message, session_id=session_id, endpoint=endpoint, caller=caller
+        existing,
+        message=message,
+        session_id=session_id,
+        endpoint=endpoint,
+        caller=caller,
+        join_caller=join_caller,
     )
 
 
@@ -147,9 +161,15 @@ def _turn_start(
 
 
 def _turn_replay_or_claim(
-    turn: Turn, *, message: str, session_id, endpoint: str, caller: tracing.CallerContext | None
+    turn: Turn,
+    *,
+    message: str,
+    session_id,
+    endpoint: str,
+    caller: tracing.CallerContext | None,
+    join_caller: bool,
 ) -> TurnClaim:
-    """A completed turn is replayed; a failed (or abandoned) one is claimed for another attempt.
+    """A completed turn is replayed; a failed, cancelled (or abandoned) one is claimed anew.
 
     Raises: RequestIdConflict when the id belongs to a different message or a running turn.
     """
@@ -166,11 +186,15 @@ def _turn_replay_or_claim(
         if reply is not None:
             return TurnClaim(turn=turn, message=message, endpoint=endpoint, replay=reply)
     stale_before = timezone.now() - timedelta(seconds=settings.TURN_ABANDONED_AFTER_S)
-    claimable = Turn.objects.filter(pk=turn.pk, status=Turn.Status.FAILED) | Turn.objects.filter(
-        pk=turn.pk, status=Turn.Status.PENDING, started_at__lt=stale_before
-    )
+    claimable = Turn.objects.filter(
+        pk=turn.pk, status__in=[Turn.Status.FAILED, Turn.Status.CANCELLED]
+    ) | Turn.objects.filter(pk=turn.pk, status=Turn.Status.PENDING, started_at__lt=stale_before)
     claimed = claimable.update(
-        status=Turn.Status.PENDING, started_at=timezone.now(), error="", attempts=turn.attempts + 1
+        status=Turn.Status.PENDING,
+        started_at=timezone.now(),
+        error="",
+        partial_response="",
+        attempts=turn.attempts + 1,
     )
     if not claimed:
         raise RequestIdConflict(
@@ -178,13 +202,21 @@ def _turn_replay_or_claim(
         )
     turn.refresh_from_db()
     return TurnClaim(
-        turn=turn, message=message, endpoint=endpoint, caller=caller, question_id=question_id
+        turn=turn,
+        message=message,
+        endpoint=endpoint,
+        caller=caller,
+        join_caller=join_caller,
+        question_id=question_id,
+        username=turn.user.get_username(),
     )
 
 
-def turn_answer(claim: TurnClaim) -> TurnReply:
+async def turn_answer(claim: TurnClaim) -> TurnReply:
     """Answer a claimed turn in one piece, recording its trace (a replay answers from the database).
 
+    The model is awaited; the database is used in short units around it, never held across it.
+    A client that goes away cancels this coroutine: the turn is recorded as cancelled.
     Raises: LLMUnavailable, LLMTimeout, RequestIdConflict.
     """
     if claim.replay is not None:
@@ -194,31 +226,36 @@ def turn_answer(claim: TurnClaim) -> TurnReply:
     trace = None
     try:
         with _trace_for(claim) as trace:
-            prompt = _prompt_for(claim)
-            reply = _llm_complete(prompt, caller=claim.caller)
+            prompt = await _prompt_for(claim)
+            reply = await _llm_complete(prompt, caller=claim.caller)
             if trace is not None:
                 trace.finish(response=reply.content)
-    except Exception as exc:
-        _turn_fail(turn, error=exc, trace=trace, started=started)
+    except asyncio.CancelledError:
+        await _turn_cancel(turn, partial="", trace=trace, started=started)
         raise
-    reply_message = _turn_complete(turn, reply=reply, trace=trace, started=started)
+    except Exception as exc:
+        await _turn_fail(turn, error=exc, trace=trace, started=started)
+        raise
+    reply_message = await _turn_complete(turn, reply=reply, trace=trace, started=started)
     return TurnReply(turn=turn, reply=reply_message, replayed=False)
 
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """One server-sent event of a streamed turn: start, token, done (a TurnReply) or error."""
+    """One server-sent event of a streamed turn: start, token, keepalive, done (a TurnReply) or
+    error."""
 
     kind: str
     data: Any
 
 
-def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
+async def turn_stream(claim: TurnClaim) -> AsyncIterator[StreamEvent]:
     """Answer a claimed turn piece by piece; still exactly one trace, ended with the stream.
 
     A replay streams the stored answer at once: no model call, no trace. A client that goes away
-    midway closes this generator: the turn is marked failed (so the same X-Request-ID can retry
-    it) and its trace records the partial answer, tagged `client_disconnected`.
+    midway cancels the stream: the model call stops, the turn is recorded as cancelled with what
+    had been generated (so the same X-Request-ID can ask again) and its trace records the partial
+    answer, tagged `client_disconnected`. A long wait for the model sends `keepalive` events.
     """
     turn = claim.turn
     if claim.replay is not None:
@@ -231,35 +268,32 @@ def turn_stream(claim: TurnClaim) -> Iterator[StreamEvent]:
     try:
         with _trace_for(claim) as trace:
             yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
-            prompt = _prompt_for(claim)
+            prompt = await _prompt_for(claim)
             model = get_chat_model()
             with tracing.llm_span(messages=prompt, model=model.model) as span:
                 stream = model.stream(prompt, trace_headers=_trace_headers(span, claim.caller))
-                for piece in stream:
-                    yield StreamEvent("token", {"text": piece})
+                async for piece in stream.with_keepalive(settings.CHAT_STREAM_KEEPALIVE_S):
+                    if piece is None:
+                        yield StreamEvent("keepalive", None)
+                    else:
+                        yield StreamEvent("token", {"text": piece})
                 span.record_reply(stream.reply)
             if trace is not None:
                 trace.finish(response=stream.reply.content)
-        reply_message = _turn_complete(turn, reply=stream.reply, trace=trace, started=started)
-    except GeneratorExit:
+        reply_message = await _turn_complete(turn, reply=stream.reply, trace=trace, started=started)
+    except (asyncio.CancelledError, GeneratorExit):
+        # The client went away (Django cancels the response; a closed generator is the same).
         partial = stream.text_so_far if stream else ""
-        if trace is not None:
-            trace.mark_disconnected(partial_response=partial)
-        _turn_fail(
-            turn,
-            error=ClientDisconnected(f"after {len(partial)} characters"),
-            trace=trace,
-            started=started,
-        )
+        await _turn_cancel(turn, partial=partial, trace=trace, started=started)
         raise
     except ChatError as exc:
-        _turn_fail(turn, error=exc, trace=trace, started=started)
+        await _turn_fail(turn, error=exc, trace=trace, started=started)
         yield StreamEvent("error", {"error": exc.code, "detail": exc.message})
         return
     except Exception as exc:
         # The response has already started (200): say so in the stream rather than cut it.
         logger.exception("streamed turn crashed turn_id=%s", turn.pk)
-        _turn_fail(turn, error=exc, trace=trace, started=started)
+        await _turn_fail(turn, error=exc, trace=trace, started=started)
         yield StreamEvent(
             "error", {"error": "internal_error", "detail": "The answer failed; please retry."}
         )
@@ -281,28 +315,23 @@ def _start_payload(turn: Turn, *, trace_id: str | None) -> dict:
 
 def _trace_for(claim: TurnClaim):
     """The root span of the claimed turn's trace: its user, conversation, request id and caller."""
-    caller = claim.caller
-    # A caller's trace already recorded by another turn (or attempt) is not joined twice.
-    taken = caller is not None and selectors.trace_recorded(otel_trace_id=caller.trace_id)
     return tracing.turn_trace(
         message=claim.message,
         user_id=claim.turn.user_id,
-        username=claim.turn.user.get_username(),
+        username=claim.username,
         session_id=str(claim.turn.session_id),
         client_request_id=claim.turn.client_request_id,
         endpoint=claim.endpoint,
-        caller=caller,
-        join_caller=not taken,
+        caller=claim.caller,
+        join_caller=claim.join_caller,
         question_id=claim.question_id,
     )
 
 
-def _prompt_for(claim: TurnClaim) -> list[ChatMessage]:
+async def _prompt_for(claim: TurnClaim) -> list[ChatMessage]:
     turn = claim.turn
     with tracing.history_span(session_id=str(turn.session_id)) as span:
-        history = selectors.history_for_llm(
-            session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
-        )
+        history = await _history_for(turn)
         span.set_outputs({"messages": len(history)})
     return [
         ChatMessage("system", settings.LLM_SYSTEM_PROMPT),
@@ -311,19 +340,29 @@ def _prompt_for(claim: TurnClaim) -> list[ChatMessage]:
     ]
 
 
+@db_unit
+def _history_for(turn: Turn) -> list[ChatMessage]:
+    return selectors.history_for_llm(
+        session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
+    )
+
+
 def _trace_headers(span: tracing.Span, caller: tracing.CallerContext | None) -> dict[str, str]:
     """The LLM call's trace context: its span's, or with tracing off the caller's, passed on."""
     return span.trace_headers() or tracing.passed_on(caller)
 
 
-def _llm_complete(prompt: list[ChatMessage], *, caller: tracing.CallerContext | None) -> LLMReply:
+async def _llm_complete(
+    prompt: list[ChatMessage], *, caller: tracing.CallerContext | None
+) -> LLMReply:
     model = get_chat_model()
     with tracing.llm_span(messages=prompt, model=model.model) as span:
-        reply = model.complete(prompt, trace_headers=_trace_headers(span, caller))
+        reply = await model.complete(prompt, trace_headers=_trace_headers(span, caller))
         span.record_reply(reply)
     return reply
 
 
+@db_unit
 def _turn_complete(
     turn: Turn, *, reply: LLMReply, trace: tracing.TurnTrace | None, started: float
 ) -> Message:
@@ -341,6 +380,7 @@ def _turn_complete(
         "latency_ms": _elapsed_ms(started),
         "completed_at": now,
         "error": "",
+        "partial_response": "",
     }
     with transaction.atomic():
         # Only the attempt that holds the turn may finish it (a retry can claim a turn it
@@ -367,25 +407,77 @@ def _this_attempt(turn: Turn):
     return Turn.objects.filter(pk=turn.pk, attempts=turn.attempts, status=Turn.Status.PENDING)
 
 
+@db_unit
 def _turn_fail(
     turn: Turn, *, error: BaseException, trace: tracing.TurnTrace | None, started: float
 ) -> None:
-    # update(), not save(): the turn may have been deleted, or claimed by a newer attempt.
-    with transaction.atomic():
-        failed = _this_attempt(turn).update(
-            status=Turn.Status.FAILED,
-            trace_id=_id(trace) or "",
-            error=f"{type(error).__name__}: {error}"[:2000],
-            latency_ms=_elapsed_ms(started),
-        )
-        if failed:
-            _trace_store(turn, trace)
+    _turn_end(
+        turn,
+        status=Turn.Status.FAILED,
+        error=f"{type(error).__name__}: {error}"[:2000],
+        trace=trace,
+        started=started,
+    )
     logger.warning(
         "chat turn failed turn_id=%s request_id=%s error=%s",
         turn.pk,
         turn.client_request_id,
         type(error).__name__,
     )
+
+
+async def _turn_cancel(
+    turn: Turn, *, partial: str, trace: tracing.TurnTrace | None, started: float
+) -> None:
+    """The client went away: record the turn as cancelled with what had been generated.
+
+    Shielded: the request being cancelled must not cancel the record of it.
+    """
+    if trace is not None:
+        trace.mark_disconnected(partial_response=partial)
+    await asyncio.shield(_turn_cancel_store(turn, partial=partial, trace=trace, started=started))
+    logger.info(
+        "chat turn cancelled by the client turn_id=%s request_id=%s chars=%s",
+        turn.pk,
+        turn.client_request_id,
+        len(partial),
+    )
+
+
+@db_unit
+def _turn_cancel_store(
+    turn: Turn, *, partial: str, trace: tracing.TurnTrace | None, started: float
+) -> None:
+    _turn_end(
+        turn,
+        status=Turn.Status.CANCELLED,
+        error=f"ClientDisconnected: after {len(partial)} characters",
+        trace=trace,
+        started=started,
+        partial_response=partial,
+    )
+
+
+def _turn_end(
+    turn: Turn,
+    *,
+    status: str,
+    error: str,
+    trace: tracing.TurnTrace | None,
+    started: float,
+    partial_response: str = "",
+) -> None:
+    # update(), not save(): the turn may have been deleted, or claimed by a newer attempt.
+    with transaction.atomic():
+        ended = _this_attempt(turn).update(
+            status=status,
+            trace_id=_id(trace) or "",
+            error=error,
+            latency_ms=_elapsed_ms(started),
+            partial_response=partial_response,
+        )
+        if ended:
+            _trace_store(turn, trace)
 
 
 def _trace_store(turn: Turn, trace: tracing.TurnTrace | None) -> None:

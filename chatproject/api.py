@@ -189,7 +189,11 @@ def _scope_hash(scope: str) -> str:
 def exception_handler(exc, context):
     """Every API error is JSON: {"error": code, "detail": message[, "fields": {...}]}."""
     if isinstance(exc, ApplicationError):
-        return Response({"error": exc.code, "detail": exc.message}, status=exc.status_code)
+        return Response(
+            {"error": exc.code, "detail": exc.message},
+            status=exc.status_code,
+            headers=exc.headers(),
+        )
     if isinstance(exc, RequestDataTooBig):
         exc = RequestTooLarge()
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:

@@ -10,3 +10,7 @@ class ApplicationError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """Response headers that go with this error (e.g. `Retry-After`)."""
+        return {}

@@ -48,12 +48,13 @@ INSTALLED_APPS = [
     "privacy.apps.PrivacyConfig",
 ]
 
+# Every one async-capable: the chat path runs without a thread hop per middleware (a test
+# fails on Django's "Asynchronous handler adapted for middleware").
 MIDDLEWARE = [
-    "chatproject.middleware.drain_unread_body",
     "django.middleware.security.SecurityMiddleware",
     "chatproject.middleware.refuse_nul_in_query",
     "csp.middleware.CSPMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "servestatic.middleware.ServeStaticMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -82,15 +83,25 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-DATABASES["default"].setdefault("CONN_MAX_AGE", env.int("DJANGO_CONN_MAX_AGE", default=60))
+# No persistent connections (Django's advice for async code): a request's ORM work runs in short
+# units (chatproject/asyncdb.py), each giving its connection back when it ends.
+DATABASES["default"]["CONN_MAX_AGE"] = 0
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL + a busy timeout let threaded workers write without "database is locked".
+    # WAL + a busy timeout + write transactions that take the lock at BEGIN let hundreds of
+    # concurrent turns write without "database is locked".
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # psycopg's pool per process: a unit borrows a connection and gives it back when it ends.
+    # Peak connections = DB_POOL_MAX_SIZE x processes; a unit waits up to DB_POOL_TIMEOUT_S.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
+        "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
+        "timeout": env.float("DB_POOL_TIMEOUT_S", default=10.0),
+    }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Shared by every worker and instance (throttle counts live here): the database the deployment
@@ -115,7 +126,7 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "staticfiles"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedStaticFilesStorage"},
+    "staticfiles": {"BACKEND": "servestatic.storage.CompressedStaticFilesStorage"},
 }
 
 LOGIN_URL = "login"
@@ -212,6 +223,14 @@ LOGGING = {
 # --- Chat -------------------------------------------------------------------------------------
 CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=8000)
 CHAT_HISTORY_TURNS = env.int("CHAT_HISTORY_TURNS", default=10)
+
+# Turns one app process answers at once; past it a turn is a 503 `overloaded` at once (not
+# queued). Each waiting turn costs a coroutine and ~tens of KB; see docs/serving.md.
+CHAT_MAX_TURNS_IN_FLIGHT = env.int("CHAT_MAX_TURNS_IN_FLIGHT", default=256)
+CHAT_OVERLOAD_RETRY_AFTER_S = env.int("CHAT_OVERLOAD_RETRY_AFTER_S", default=2)
+# A streamed turn sends an SSE comment when the model has been silent this long (proxies and
+# browsers drop idle connections); 0: never.
+CHAT_STREAM_KEEPALIVE_S = env.float("CHAT_STREAM_KEEPALIVE_S", default=15.0)
 
 # --- LLM: empty LLM_BASE_URL means the deterministic local responder ------------------------------
 LLM_BASE_URL = env.str("LLM_BASE_URL", default="")

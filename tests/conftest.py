@@ -90,6 +90,12 @@ def api(user, mlflow_experiment) -> APIClient:
 
 
 @pytest.fixture
+def token(user, mlflow_experiment) -> str:
+    """`user`'s DRF token, for requests sent through the ASGI handler (tests/asgi.py)."""
+    return Token.objects.get_or_create(user=user)[0].key
+
+
+@pytest.fixture
 def other_api(other_user, mlflow_experiment) -> APIClient:
     return token_client(other_user)
 

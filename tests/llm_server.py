@@ -14,6 +14,7 @@ class FakeOpenAIServer:
     def __init__(self) -> None:
         self.mode = "ok"
         self.slow_seconds = 3.0
+        self.on_request = None  # called (no arguments) as each chat request arrives
         self.requests: list[dict] = []
         server = self
 
@@ -29,6 +30,8 @@ class FakeOpenAIServer:
                 )
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     return self._send(404, {"error": {"message": "not found"}})
+                if server.on_request is not None:
+                    server.on_request()
                 if server.mode == "error":
                     return self._send(500, {"error": {"message": "upstream exploded"}})
                 if server.mode == "slow":

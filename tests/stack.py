@@ -105,7 +105,6 @@ class Stack:
             "app",
             [
                 gunicorn,
-                "chatproject.wsgi",
                 "-c",
                 "gunicorn.conf.py",
                 "--bind",

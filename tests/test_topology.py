@@ -192,7 +192,7 @@ def test_two_instances_and_two_of_each_worker_deliver_every_turn_and_feedback_on
         for i, port in enumerate(ports):
             procs.spawn(
                 f"app{i}",
-                [gunicorn, "chatproject.wsgi", "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"],
+                [gunicorn, "-c", "gunicorn.conf.py", "-b", f"127.0.0.1:{port}"],
                 {**env, "DEPLOYMENT_ID": f"app{i}"},
             )
         procs.spawn(

@@ -32,3 +32,44 @@ def test_the_traces_command_refuses_hostile_values(world):
 def test_the_traces_command_says_what_is_wrong_with_a_request_id():
     with pytest.raises(CommandError, match="--request-id"):
         call_command("traces", "search", "--request-id", "x" * 51)
+
+
+def test_runserver_says_in_one_line_what_delivers_traces(tmp_path):
+    """What a Django developer sees first: how traces get to MLflow without `make run`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.mlflow_server import free_port
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatproject.settings",
+        "DJANGO_SECRET_KEY": "runserver-test",
+        "DJANGO_DOT_ENV": "",
+        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
+        "TRACING_ENABLED": "false",
+        "PYTHONUNBUFFERED": "1",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", "--noreload", f"127.0.0.1:{free_port()}"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = server.stdout.readline()
+            lines.append(line)
+            if "Quit the server" in line or not line:
+                break
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=30)
+    hints = [line for line in lines if "deliver_traces --loop" in line]
+    assert len(hints) == 1 and "deliver_feedback --loop" in hints[0]

@@ -28,7 +28,7 @@ def _post(api, headers, message="Where is my parcel?", **body):
     response = api.post("/api/chat/", {"message": message, **body}, format="json", headers=headers)
     assert response.status_code == 200
     if body.get("stream"):
-        b"".join(response.streaming_content)  # the turn runs as the stream is read
+        b"".join(response)  # the turn runs as the stream is read
     return response
 
 

@@ -1,6 +1,7 @@
 from datetime import timedelta
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from chat import services
 from chat.exceptions import RequestIdConflict
@@ -19,10 +20,10 @@ def test_an_attempt_overtaken_by_a_retry_writes_nothing(user):
     assert retry.turn.pk == first.turn.pk and retry.turn.attempts == 2 and retry.replay is None
 
     with pytest.raises(RequestIdConflict):
-        services.turn_answer(first)
+        async_to_sync(services.turn_answer)(first)
     assert Message.objects.filter(role="assistant").count() == 0
 
-    result = services.turn_answer(retry)
+    result = async_to_sync(services.turn_answer)(retry)
     assert result.turn.status == "completed"
     assert Message.objects.filter(role="assistant").count() == 1
 

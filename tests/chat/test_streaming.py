@@ -4,27 +4,20 @@ import pytest
 from mlflow.tracing.constant import TraceMetadataKey
 
 from chat.models import Turn
+from tests.asgi import asgi_post
 
 pytestmark = pytest.mark.django_db
 
 
-def events_of(response, *, stop_after: int | None = None) -> list[tuple[str, dict]]:
-    """Parse a streamed answer's server-sent events (closing the stream early if asked)."""
+def events_of(response) -> list[tuple[str, dict]]:
+    """Parse a streamed answer's server-sent events."""
     assert response.status_code == 200
     assert response["Content-Type"] == "text/event-stream"
-    events, buffer = [], ""
-    for chunk in response.streaming_content:
-        buffer += chunk.decode()
-        while "\n\n" in buffer:
-            raw, buffer = buffer.split("\n\n", 1)
-            kind = raw.split("\n")[0].removeprefix("event: ")
-            data = json.loads(raw.split("\n")[1].removeprefix("data: "))
-            events.append((kind, data))
-            if stop_after is not None and len(events) >= stop_after:
-                # What the server does when the client goes away: close the response's
-                # iterator (the test client's wrapper keeps the test's DB connection open).
-                response._iterator.close()
-                return events
+    events = []
+    for raw in b"".join(response).decode().split("\n\n"):
+        if raw and not raw.startswith(":"):
+            kind, data = raw.split("\n", 1)
+            events.append((kind.removeprefix("event: "), json.loads(data.removeprefix("data: "))))
     return events
 
 
@@ -71,22 +64,42 @@ def test_the_openai_compatible_backend_streams(api, llm_server):
     assert (turn.model, turn.prompt_tokens, turn.completion_tokens) == ("test-model", 11, 4)
 
 
-def test_a_client_that_leaves_midway_ends_the_trace_marked_as_such(api, find_traces):
-    events = events_of(stream(api, headers={"X-Request-ID": "leaver"}), stop_after=4)
-    assert [k for k, _ in events] == ["start", "token", "token", "token"]
+def test_a_client_that_leaves_midway_cancels_the_turn_and_marks_its_trace(
+    token, settings, find_traces
+):
+    settings.LLM_LOCAL_TOKEN_DELAY_MS = 20
+    left = asgi_post(
+        "/api/chat/",
+        {"message": "Tell me about streaming", "stream": True},
+        token=token,
+        headers={"x-request-id": "leaver"},
+        leave_after_events=4,
+    )
+    events = left.events()
+    assert [k for k, _ in events][:4] == ["start", "token", "token", "token"]
+    assert "done" not in [k for k, _ in events]
 
     turn = Turn.objects.get()
-    assert turn.status == Turn.Status.FAILED and "ClientDisconnected" in turn.error
+    assert turn.status == Turn.Status.CANCELLED and "ClientDisconnected" in turn.error
+    sent = "".join(d["text"] for k, d in events if k == "token")
+    # What the model had generated when the client left: at least what the client got.
+    assert turn.partial_response.startswith(sent) and turn.partial_response
     (trace,) = find_traces("attributes.client_request_id = 'leaver'")
     assert trace.info.state == "ERROR"
     assert trace.info.tags["client_disconnected"] == "true"
-    partial = "".join(d["text"] for k, d in events if k == "token")
-    assert trace.info.response_preview == partial
+    assert trace.info.response_preview == turn.partial_response
 
-    # The same X-Request-ID retries that turn: no second turn.
-    retry = events_of(stream(api, headers={"X-Request-ID": "leaver"}))
-    assert retry[-1][0] == "done"
-    assert Turn.objects.count() == 1 and Turn.objects.get().status == "completed"
+    # The same X-Request-ID asks again: no second turn.
+    retry = asgi_post(
+        "/api/chat/",
+        {"message": "Tell me about streaming", "stream": True},
+        token=token,
+        headers={"x-request-id": "leaver"},
+    )
+    assert retry.events()[-1][0] == "done"
+    turn.refresh_from_db()
+    assert Turn.objects.count() == 1 and turn.status == "completed"
+    assert turn.partial_response == "" and turn.attempts == 2
 
 
 def test_an_llm_failure_mid_stream_is_an_error_event_and_an_error_trace(
@@ -118,7 +131,23 @@ def test_bad_input_with_accept_event_stream_is_still_a_400(api):
     assert b"event: error" in response.content
 
 
-def test_a_client_gone_right_after_the_start_event_leaves_no_pending_turn(api):
-    events = events_of(stream(api, headers={"X-Request-ID": "gone-early"}), stop_after=1)
-    assert [k for k, _ in events] == ["start"]
-    assert Turn.objects.get().status == Turn.Status.FAILED
+def test_a_client_gone_right_after_the_start_event_leaves_no_pending_turn(token, settings):
+    settings.LLM_LOCAL_TOKEN_DELAY_MS = 50
+    left = asgi_post(
+        "/api/chat/",
+        {"message": "hello there", "stream": True},
+        token=token,
+        leave_after_events=1,
+    )
+    assert [k for k, _ in left.events()] == ["start"]
+    assert Turn.objects.get().status == Turn.Status.CANCELLED
+
+
+def test_a_silent_model_gets_keepalive_comments_in_the_stream(token, settings):
+    settings.LLM_LOCAL_TOKEN_DELAY_MS = 150
+    settings.CHAT_STREAM_KEEPALIVE_S = 0.05
+    response = asgi_post("/api/chat/", {"message": "slow words", "stream": True}, token=token)
+    kinds = [k for k, _ in response.events()]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert kinds.count("comment") >= 2
+    assert b": keepalive\n\n" in response.body

@@ -10,8 +10,10 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or "/usr/
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
+    # Package-scoped: Playwright's loop must be gone before the tests after these run, whose
+    # requests reach the async chat view through `async_to_sync` in this thread.
     if not os.path.exists(CHROMIUM):
         pytest.skip("Chromium not installed (apt-get install chromium; .ci/run does this)")
     from playwright.sync_api import sync_playwright

@@ -1,0 +1,107 @@
+"""The chat path under ASGI: what a turn holds while the model thinks, and what happens past
+a process's limits. Requests go through Django's real ASGI handler (tests/asgi.py)."""
+
+import asyncio
+import gc
+import logging
+import time
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.db import connections
+
+from chat.capacity import turn_slots
+from chat.models import Turn
+from tests.asgi import asgi_post, asgi_post_async
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_turn_past_the_cap_is_refused_at_once_with_a_503_and_retry_after(
+    token, llm_server, settings
+):
+    gc.collect()  # responses of earlier tests give their slots back when collected
+    before = turn_slots.in_flight
+    settings.CHAT_MAX_TURNS_IN_FLIGHT = before + 1
+    llm_server.mode = "slow"
+    llm_server.slow_seconds = 0.5
+
+    async def two_at_once():
+        return await asyncio.gather(
+            asgi_post_async("/api/chat/", {"message": "first"}, token=token),
+            asgi_post_async("/api/chat/", {"message": "second"}, token=token),
+        )
+
+    responses = sorted(async_to_sync(two_at_once)(), key=lambda r: r.status)
+
+    assert [r.status for r in responses] == [200, 503]
+    refused = responses[1]
+    assert refused.json()["error"] == "overloaded"
+    assert refused.headers["retry-after"] == str(settings.CHAT_OVERLOAD_RETRY_AFTER_S)
+    assert Turn.objects.count() == 1  # the refused turn stored nothing
+    assert turn_slots.in_flight == before
+
+
+def test_a_model_that_stops_answering_frees_the_turns_slot_with_a_504(token, llm_server, settings):
+    llm_server.mode = "slow"
+    llm_server.slow_seconds = 2.0
+    settings.LLM_TIMEOUT_S = 0.2
+    gc.collect()
+    before = turn_slots.in_flight
+
+    json_turn = asgi_post("/api/chat/", {"message": "hi"}, token=token)
+    streamed = asgi_post("/api/chat/", {"message": "hi", "stream": True}, token=token)
+
+    assert json_turn.status == 504 and json_turn.json()["error"] == "llm_timeout"
+    assert streamed.events()[-1][1]["error"] == "llm_timeout"
+    assert turn_slots.in_flight == before
+
+
+def test_a_client_that_leaves_while_the_model_thinks_cancels_its_turn_at_once(
+    token, llm_server, settings
+):
+    llm_server.mode = "slow"
+    llm_server.slow_seconds = 3.0
+    settings.LLM_TIMEOUT_S = 10.0
+    gc.collect()
+    before = turn_slots.in_flight
+
+    started = time.monotonic()
+    asgi_post(
+        "/api/chat/",
+        {"message": "never mind"},
+        token=token,
+        leave_after_s=0.2,
+        headers={"x-request-id": "gone"},
+    )
+    waited = time.monotonic() - started
+
+    assert waited < llm_server.slow_seconds / 2  # not until the model would have answered
+    turn = Turn.objects.get()
+    assert turn.status == Turn.Status.CANCELLED and turn.partial_response == ""
+    assert turn_slots.in_flight == before
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_database_connection_is_held_while_the_model_thinks(token, llm_server):
+    # The ORM units run in this thread (async_to_sync): its connection is the turn's.
+    connection = connections["default"]
+    open_while_thinking = []
+    llm_server.on_request = lambda: open_while_thinking.append(connection.connection is not None)
+
+    response = asgi_post("/api/chat/", {"message": "one"}, token=token)
+    streamed = asgi_post("/api/chat/", {"message": "two", "stream": True}, token=token)
+
+    assert response.status == 200 and streamed.events()[-1][0] == "done"
+    assert open_while_thinking == [False, False]
+
+
+def test_the_chat_path_runs_no_middleware_adapted_to_sync(token, caplog, settings):
+    settings.DEBUG = True  # Django says which middleware it adapted only in debug mode
+    caplog.set_level(logging.DEBUG, logger="django.request")
+    response = asgi_post("/api/chat/", {"message": "hi"}, token=token)
+    seed = asgi_post("/chat", {"message": "hi"}, token=token)
+
+    assert response.status == 200 and seed.status == 200
+    adapted = [r.getMessage() for r in caplog.records if "adapted for middleware" in r.getMessage()]
+    assert adapted == []
