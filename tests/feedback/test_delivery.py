@@ -229,3 +229,87 @@ def test_a_deliverer_that_outlived_its_lease_leaves_the_row_to_the_one_that_took
     (valid,) = assessments(turn["trace_id"])
     assert valid.feedback.value is True
     assert Feedback.objects.get(pk=feedback.pk).feedback_assessment_id == takeover["written"][0]
+
+
+# --- A vote that changes kind: the trace holds what the row holds, nothing more ----------------
+
+
+def _held(feedback: Feedback) -> set[tuple[str, object]]:
+    """The assessments a row asks for, as (name, value)."""
+    feedback.refresh_from_db()
+    if feedback.withdrawn:
+        return set()
+    held = {(feedback.name, feedback.value)} if feedback.name else set()
+    if feedback.expected_response:
+        held.add(("expected_response", feedback.expected_response))
+    return held
+
+
+def _on_trace(assessments, trace_id: str, user) -> set[tuple[str, object]]:
+    """The valid assessments `user` has on the trace, as (name, value); a duplicate fails."""
+    mine = [a for a in assessments(trace_id) if a.source.source_id == str(user.pk)]
+    pairs = [
+        (a.name, a.expectation.value if a.expectation is not None else a.feedback.value)
+        for a in mine
+    ]
+    assert len(pairs) == len(set(pairs)), pairs
+    return set(pairs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_edits_that_change_the_vote_kind_leave_only_the_row_on_the_trace(
+    user, api, turn_of, deliver_until_settled, assessments
+):
+    """Issue 19: twenty parallel PUTs alternating a thumbs (with an expected answer) and a rating,
+    a deliverer running through them, after an earlier wave of edits had been delivered."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from tests.conftest import token_client
+
+    turn = turn_of()
+    url = f"/api/messages/{turn['message_id']}/feedback/"
+    for is_correct in (True, False, True, False):  # the earlier wave, each edit delivered
+        _rate(api, turn, is_correct=is_correct, expected_response="The earlier answer")
+        deliver_until_settled()
+
+    stop = threading.Event()
+
+    def deliverer():
+        try:
+            while not stop.is_set():
+                services.feedback_deliver_due()
+        finally:
+            connection.close()
+
+    def put(body):
+        try:
+            response = token_client(user).put(url, body, format="json")
+            assert response.status_code == 200, response.content
+        finally:
+            connection.close()
+
+    bodies = [
+        {"is_correct": i % 4 == 0, "expected_response": f"answer {i}"}
+        if i % 2 == 0
+        else {"rating": 1 + i % 5}
+        for i in range(19)
+    ]
+    running = threading.Thread(target=deliverer)
+    running.start()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(put, bodies))
+        put({"rating": 3})  # the wave's last word, as in the issue
+    finally:
+        stop.set()
+        running.join()
+    deliver_until_settled()
+
+    feedback = Feedback.objects.get()
+    assert (feedback.rating, feedback.is_correct, feedback.delivery_state) == (3, None, "delivered")
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback) == {
+        ("user_rating", 3)
+    }
