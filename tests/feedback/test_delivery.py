@@ -310,6 +310,117 @@ def test_parallel_edits_that_change_the_vote_kind_leave_only_the_row_on_the_trac
 
     feedback = Feedback.objects.get()
     assert (feedback.rating, feedback.is_correct, feedback.delivery_state) == (3, None, "delivered")
-    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback) == {
-        ("user_rating", 3)
-    }
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback) == {("user_rating", 3)}
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        pytest.param(
+            [{"is_correct": True}, {"is_correct": False}, {"rating": 4}],
+            id="a-thumbs-replaced-by-a-rating",
+        ),
+        pytest.param(
+            [{"rating": 2}, {"rating": 5}, {"is_correct": True}],
+            id="a-rating-replaced-by-a-thumbs",
+        ),
+        pytest.param(
+            [{"is_correct": True}, {"rating": 1}, {"is_correct": False}, {"rating": 3}],
+            id="back-and-forth",
+        ),
+        pytest.param(
+            [
+                {"is_correct": False},
+                {"is_correct": False, "expected_response": "Ten days."},
+                {"is_correct": False, "expected_response": "Twelve days."},
+                {"is_correct": False},
+            ],
+            id="an-expected-answer-added-changed-then-withdrawn",
+        ),
+    ],
+)
+def test_each_delivered_edit_leaves_on_the_trace_exactly_what_the_row_holds(
+    edits, user, api, turn_of, deliver_until_settled, assessments
+):
+    turn = turn_of()
+    for body in edits:
+        feedback = _rate(api, turn, **body)
+        deliver_until_settled()
+        assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback), body
+
+
+def test_withdrawing_a_vote_that_changed_kind_leaves_nothing_of_it(
+    user, api, turn_of, deliver_until_settled, assessments
+):
+    turn = turn_of()
+    for body in ({"is_correct": True}, {"is_correct": False}, {"rating": 2}, {"rating": 4}):
+        _rate(api, turn, **body, expected_response="Ten days.")
+        deliver_until_settled()
+    assert api.delete(f"/api/messages/{turn['message_id']}/feedback/").status_code == 204
+    deliver_until_settled()
+
+    assert assessments(turn["trace_id"], include_invalid=True) == []
+
+
+def test_an_edit_landing_during_a_delivery_that_changes_the_kind_is_reconciled_next(
+    user, api, turn_of, get_trace, deliver_until_settled, assessments, monkeypatch
+):
+    from chat import tracing
+
+    turn = turn_of()
+    get_trace(turn["trace_id"])
+    _rate(api, turn, is_correct=True)
+    deliver_until_settled()
+    feedback = _rate(api, turn, is_correct=False)
+    sync = tracing.sync_assessments
+
+    def write_then_the_user_edits(**kwargs):
+        written = sync(**kwargs)  # MLflow has the thumbs-down; the row is not recorded yet
+        _rate(api, turn, rating=3)
+        return written
+
+    monkeypatch.setattr(tracing, "sync_assessments", write_then_the_user_edits)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "pending"
+    monkeypatch.setattr(tracing, "sync_assessments", sync)
+    deliver_until_settled()
+
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback)
+    assert _held(feedback) == {("user_rating", 3)}
+
+
+def test_two_deliverers_at_once_leave_the_trace_as_the_row_whoever_writes_last(
+    user, api, turn_of, get_trace, deliver_until_settled, assessments, monkeypatch, settings
+):
+    """The first deliverer stalls past its lease (a tracking server that hangs); meanwhile the
+    user changes the vote and a second deliverer delivers that. The first one's stale write lands
+    last."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat import tracing
+
+    turn = turn_of()
+    get_trace(turn["trace_id"])
+    _rate(api, turn, is_correct=True)
+    deliver_until_settled()
+    feedback = _rate(api, turn, rating=4)
+    sync = tracing.sync_assessments
+    second = {}
+
+    def stall_past_the_lease(**kwargs):
+        monkeypatch.setattr(tracing, "sync_assessments", sync)
+        _rate(api, turn, is_correct=False)
+        later = timezone.now() + timedelta(seconds=settings.FEEDBACK_LEASE_S + 1)
+        second["state"] = services.feedback_deliver(feedback_id=feedback.pk, now=later)
+        return sync(**kwargs)  # the rating, written over what the second one delivered
+
+    monkeypatch.setattr(tracing, "sync_assessments", stall_past_the_lease)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "superseded"
+    assert second["state"] == "delivered"
+    deliver_until_settled()
+
+    feedback.refresh_from_db()
+    assert feedback.delivery_state == "delivered"
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback)
+    assert _held(feedback) == {("response_is_correct", False)}
