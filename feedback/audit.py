@@ -98,8 +98,8 @@ def _held(feedback: Feedback) -> dict[str, bool | int | str]:
 
 
 def _same(stored, held) -> bool:
-    # `True == 1`: a thumbs-up is not a rating of 1.
-    return type(stored) is type(held) and stored == held
+    # `True == 1`, yet a thumbs-up is not a rating of 1; a rating comes back over REST as 4.0.
+    return isinstance(stored, bool) == isinstance(held, bool) and stored == held
 
 
 def feedback_repair(audit: FeedbackAudit) -> int:

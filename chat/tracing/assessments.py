@@ -173,8 +173,8 @@ def _write_expectation(trace_id, kept, desired, source, metadata) -> str:
 
 
 def _same_value(stored, wanted) -> bool:
-    # `True == 1`: a thumbs-up is not a rating of 1.
-    return type(stored) is type(wanted) and stored == wanted
+    # `True == 1`, yet a thumbs-up is not a rating of 1; a rating comes back over REST as 4.0.
+    return isinstance(stored, bool) == isinstance(wanted, bool) and stored == wanted
 
 
 @dataclass(frozen=True)

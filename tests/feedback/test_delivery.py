@@ -424,3 +424,34 @@ def test_two_deliverers_at_once_leave_the_trace_as_the_row_whoever_writes_last(
     assert feedback.delivery_state == "delivered"
     assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback)
     assert _held(feedback) == {("response_is_correct", False)}
+
+
+@pytest.mark.slow
+def test_over_a_tracking_server_a_vote_that_changes_kind_leaves_only_the_row(
+    user, api, turn_of, deliver_until_settled, assessments, mlflow_server
+):
+    """The REST store must show superseded assessments and restore them on delete as the SQL
+    store does, or the reconcile would miss them there."""
+    from chat import tracing
+    from feedback import audit
+
+    assert tracing.configure(tracking_uri=mlflow_server.url, experiment_name="vote-kinds")
+    turn = turn_of()
+    edits = (
+        {"is_correct": True},
+        {"rating": 4},
+        {"rating": 5},
+        {"is_correct": False},
+        {"rating": 2},
+    )
+    for body in edits:
+        feedback = _rate(api, turn, **body)
+        deliver_until_settled()
+        assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback), body
+
+    # Delivered again (a crash before the row was saved): the rating, back as 2.0, is left alone.
+    every = [a.assessment_id for a in assessments(turn["trace_id"], include_invalid=True)]
+    Feedback.objects.filter(pk=feedback.pk).update(delivery_state="pending", next_attempt_at=None)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    assert [a.assessment_id for a in assessments(turn["trace_id"], include_invalid=True)] == every
+    assert audit.feedback_audit().problems == {}
