@@ -1,4 +1,5 @@
-"""Checking that every delivered feedback is on its trace in MLflow, with the same value."""
+"""Checking that every delivered feedback is on its trace in MLflow, with the same value, and
+nothing else of it is."""
 
 from __future__ import annotations
 
@@ -57,28 +58,56 @@ def feedback_audit(*, since: datetime | None = None, progress: Progress = None) 
 
 
 def _compare(feedback: Feedback, stored: list[tracing.StoredAssessment] | None) -> str:
+    """What differs ("" for nothing): each assessment the row holds must be on the trace once,
+    with its value, and no other valid assessment of the row's (any name) may be."""
     if stored is None:
         return "its trace is not in MLflow"
     ours = [a for a in stored if a.key == str(feedback.pk)]
-    votes = [a for a in ours if not a.is_expectation]
-    expectations = [a for a in ours if a.is_expectation]
-    want_vote = None if feedback.withdrawn else feedback.name
-    if want_vote is None and votes:
-        return "a withdrawn vote is still on the trace"
-    if want_vote is not None:
-        if len(votes) != 1 or votes[0].name != want_vote:
-            return f"assessment {want_vote} missing or doubled ({len(votes)} found)"
-        if votes[0].value != feedback.value:
-            return f"MLflow has {votes[0].value!r}, the database {feedback.value!r}"
-    want_expectation = "" if feedback.withdrawn else feedback.expected_response
-    have = expectations[0].value if len(expectations) == 1 else None
-    if (want_expectation or None) != have or len(expectations) > 1:
-        return "expected response differs"
-    return ""
+    held = _held(feedback)
+    problems = []
+    for name, value in held.items():
+        found = [a for a in ours if a.name == name]
+        label = "expected response" if name == tracing.EXPECTATION_NAME else name
+        if not found:
+            problems.append(f"{label} missing")
+        elif len(found) > 1:
+            problems.append(f"{label} there {len(found)} times")
+        elif _same(found[0].value, value):
+            continue
+        elif name == tracing.EXPECTATION_NAME:  # the user's own text: not shown
+            problems.append("expected response differs")
+        else:
+            problems.append(f"MLflow has {found[0].value!r}, the database {value!r}")
+    for stray in (a for a in ours if a.name not in held):
+        what = "an expected response" if stray.is_expectation else f"{stray.name} {stray.value!r}"
+        why = "withdrawn" if feedback.withdrawn else "the row does not hold it"
+        problems.append(f"{what} on the trace, {why}")
+    return "; ".join(problems)
+
+
+def _held(feedback: Feedback) -> dict[str, bool | int | str]:
+    """The assessments the row asks of its trace, name -> value."""
+    if feedback.withdrawn:
+        return {}
+    held = {}
+    if feedback.name is not None:
+        held[str(feedback.name)] = feedback.value
+    if feedback.expected_response:
+        held[tracing.EXPECTATION_NAME] = feedback.expected_response
+    return held
+
+
+def _same(stored, held) -> bool:
+    # `True == 1`, yet a thumbs-up is not a rating of 1; a rating comes back over REST as 4.0.
+    return isinstance(stored, bool) == isinstance(held, bool) and stored == held
 
 
 def feedback_repair(audit: FeedbackAudit) -> int:
-    """Deliver again every feedback the audit found wrong or stuck; returns how many landed."""
+    """Deliver again every feedback the audit found wrong or stuck; returns how many landed.
+
+    A delivery makes the trace hold exactly what the row does, so it also removes what the row
+    does not hold.
+    """
     ids = [*audit.problems, *audit.overdue, *audit.failed]
     Feedback.objects.filter(pk__in=ids).update(
         delivery_state=Feedback.Delivery.PENDING,

@@ -8,7 +8,9 @@ class Feedback(models.Model):
     """One person's judgement of one turn; the ORM is the source of truth, MLflow its mirror.
 
     Every change bumps `version`; the delivery worker makes MLflow match the row and records the
-    version it delivered, so a change made during a delivery is delivered again, never lost.
+    version it delivered, so a change made during a delivery is delivered again, never lost. A
+    deliverer that wrote after its lease ran out bumps it too: MLflow changed under whatever the
+    deliverer that took over recorded.
     """
 
     class Name(models.TextChoices):

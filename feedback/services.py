@@ -167,13 +167,15 @@ def _deliver_claimed(feedback_id: int, *, owner: str, now: datetime) -> str:
             known_empty=bool(first_attempt),
         )
     except (tracing.TraceNotFound, tracing.TrackingUnavailable) as exc:
-        return _delivery_failed(
+        state = _delivery_failed(
             feedback,
             f"{type(exc).__name__}: {exc}",
             owner=owner,
             permanent=False,
             steady=isinstance(exc, tracing.TraceNotFound),
         )
+        # Part of the change may have been written before the error.
+        return "superseded" if _requeue_if_overtaken(feedback.pk, owner=owner) else state
 
     delivered = {
         "feedback_assessment_id": feedback_assessment_id,
@@ -197,10 +199,31 @@ def _deliver_claimed(feedback_id: int, *, owner: str, now: datetime) -> str:
     if not Feedback.objects.filter(pk=feedback.pk).exists():
         _unwrite_deleted(feedback, trace_id)
         return "deleted"
-    # Our lease ran out and another deliverer holds the row: its result is the one recorded
-    # (it reconciles against what MLflow has, this write included).
-    logger.warning("feedback delivery outlived its lease feedback_id=%s", feedback.pk)
+    # Our lease ran out and another deliverer took the row: its result is the one recorded.
+    _requeue_if_overtaken(feedback.pk, owner=owner)
     return "superseded"
+
+
+def _requeue_if_overtaken(feedback_id: int, *, owner: str) -> bool:
+    """Queue the row again if our lease ran out and another deliverer took it over.
+
+    That deliverer may have read the trace before our write landed, and recorded as delivered
+    what MLflow no longer has; one more delivery, after both, reconciles against what is there.
+    A new version makes the takeover's own result (if it is still writing) pending, not
+    delivered. The lease is left to its holder.
+    """
+    overtaken = (
+        Feedback.objects.filter(pk=feedback_id)
+        .exclude(lease_owner=owner)
+        .update(
+            version=F("version") + 1,
+            delivery_state=Feedback.Delivery.PENDING,
+            next_attempt_at=timezone.now(),
+        )
+    )
+    if overtaken:
+        logger.warning("feedback delivery outlived its lease feedback_id=%s", feedback_id)
+    return bool(overtaken)
 
 
 def _unwrite_deleted(feedback: Feedback, trace_id: str) -> None:

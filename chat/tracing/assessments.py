@@ -25,13 +25,15 @@ def sync_assessments(
     expectation: str | None,
     known_empty: bool = False,
 ) -> tuple[str, str]:
-    """Make the trace's assessments tagged `key` match: one valid feedback, one expectation.
+    """Make the trace's assessments tagged `key` exactly: one valid feedback, one expectation.
 
-    `feedback` is (name, value, rationale) or None to remove it; `expectation` the expected
-    response or None. A changed feedback value supersedes the old one with `override_feedback`
-    (MLflow keeps its history). Safe to repeat: what already matches is left alone.
-    `known_empty` (nothing was ever sent for `key`) skips reading the trace first, which halves
-    the calls on the common path.
+    `feedback` is (name, value, rationale) or None for none; `expectation` the expected
+    response or None. Every assessment tagged `key`, whatever its name and valid or superseded,
+    that is neither the wanted feedback (with the history it supersedes) nor the wanted
+    expectation is deleted. A changed feedback value supersedes the old one with
+    `override_feedback` (MLflow keeps its history). Safe to repeat: what already matches is left
+    alone. `known_empty` (nothing was ever sent for `key`) skips reading the trace first, which
+    halves the calls on the common path.
     Returns the (feedback, expectation) assessment ids, "" for none.
     Raises: TraceNotFound, TrackingUnavailable.
     """
@@ -43,12 +45,10 @@ def sync_assessments(
     metadata = {ASSESSMENT_KEY: key}
     try:
         ours = [] if known_empty else _our_assessments(trace_id, key)
-        feedback_id = _sync_feedback(
-            trace_id, [a for a in ours if a.feedback is not None], feedback, source, metadata
-        )
-        expectation_id = _sync_expectation(
-            trace_id, [a for a in ours if a.expectation is not None], expectation, source, metadata
-        )
+        vote, expected, stale = _reconcile(ours, feedback, expectation)
+        _delete(trace_id, stale)
+        feedback_id = _write_feedback(trace_id, vote, feedback, source, metadata)
+        expectation_id = _write_expectation(trace_id, expected, expectation, source, metadata)
     except MlflowException as exc:
         if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
             raise TraceNotFound(f"trace {trace_id} is not in the tracking store yet") from exc
@@ -59,23 +59,80 @@ def sync_assessments(
 
 
 def _our_assessments(trace_id: str, key: str) -> list:
+    """Every assessment tagged `key`, superseded ones included: deleting a superseding one
+    makes MLflow restore the one it superseded to valid, so those must be seen too."""
     from mlflow.tracing.client import TracingClient
 
     info = TracingClient(tracking_uri()).get_trace_info(trace_id)
-    return [
-        a
-        for a in (info.assessments or [])
-        if (a.metadata or {}).get(ASSESSMENT_KEY) == key and a.valid is not False
-    ]
+    return [a for a in (info.assessments or []) if (a.metadata or {}).get(ASSESSMENT_KEY) == key]
 
 
-def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
+def _reconcile(ours: list, feedback, expectation: str | None) -> tuple[Any, Any, list]:
+    """What to keep of `ours` (the valid feedback of the wanted name, the expectation with the
+    wanted value, either None) and what to delete: all the rest, whatever its name."""
+    vote = None
+    if feedback is not None:
+        name, value, _ = feedback
+        same_name = [
+            a for a in ours if a.feedback is not None and a.valid is not False and a.name == name
+        ]
+        right = [a for a in same_name if _same_value(a.feedback.value, value)]
+        vote = next(iter(right or same_name), None)
+    expected = next(
+        (
+            a
+            for a in ours
+            if expectation
+            and a.expectation is not None
+            and a.valid is not False
+            and a.expectation.value == expectation
+        ),
+        None,
+    )
+    by_id = {a.assessment_id: a for a in ours}
+    kept = {a.assessment_id for a in (vote, expected) if a is not None}
+    history = set()
+    superseded = vote.overrides if vote is not None else None
+    while superseded in by_id and superseded not in history:
+        history.add(superseded)
+        superseded = by_id[superseded].overrides
+    stale = by_id.keys() - kept - history
+    # Two deliverers overriding one feedback at once leave two heads over one superseded
+    # assessment: deleting the stray head would make that one valid again, so it goes too, and
+    # what it supersedes, down the line.
+    reached = stale
+    while reached:
+        reached = ({by_id[a].overrides for a in reached} & by_id.keys()) - stale - kept
+        stale |= reached
+    return vote, expected, [a for a in ours if a.assessment_id in stale]
+
+
+def _delete(trace_id: str, assessments: list) -> None:
+    """Delete these assessments, each after the one it supersedes.
+
+    MLflow makes the assessment a deleted one superseded valid again; deleted in this order, what
+    it would restore is already gone, so nothing we remove comes back.
+    """
+    from mlflow.exceptions import MlflowException
+
+    left = {a.assessment_id: a for a in assessments}
+    while left:
+        ready = [a for a in left.values() if a.overrides not in left] or list(left.values())
+        for assessment in ready:
+            try:
+                mlflow_api().delete_assessment(
+                    trace_id=trace_id, assessment_id=assessment.assessment_id
+                )
+            except MlflowException as exc:
+                if exc.error_code != "RESOURCE_DOES_NOT_EXIST":  # already gone: what we want
+                    raise
+            del left[assessment.assessment_id]
+
+
+def _write_feedback(trace_id, kept, desired, source, metadata) -> str:
     if desired is None:
-        _delete(trace_id, current)
         return ""
     name, value, rationale = desired
-    kept = next((a for a in current if a.name == name), None)
-    _delete(trace_id, [a for a in current if a is not kept])
     if kept is None:
         created = mlflow_api().log_feedback(
             trace_id=trace_id,
@@ -87,8 +144,7 @@ def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
         )
         return created.assessment_id
     unchanged = (
-        type(kept.feedback.value) is type(value)
-        and kept.feedback.value == value
+        _same_value(kept.feedback.value, value)
         and (kept.rationale or "") == (rationale or "")
         and kept.source.source_id == source.source_id
     )
@@ -105,9 +161,7 @@ def _sync_feedback(trace_id, current, desired, source, metadata) -> str:
     return created.assessment_id
 
 
-def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
-    kept = next((a for a in current if desired and a.expectation.value == desired), None)
-    _delete(trace_id, [a for a in current if a is not kept])
+def _write_expectation(trace_id, kept, desired, source, metadata) -> str:
     if not desired:
         return ""
     if kept is not None:
@@ -118,9 +172,9 @@ def _sync_expectation(trace_id, current, desired, source, metadata) -> str:
     return created.assessment_id
 
 
-def _delete(trace_id: str, assessments) -> None:
-    for assessment in assessments:
-        mlflow_api().delete_assessment(trace_id=trace_id, assessment_id=assessment.assessment_id)
+def _same_value(stored, wanted) -> bool:
+    # `True == 1`, yet a thumbs-up is not a rating of 1; a rating comes back over REST as 4.0.
+    return isinstance(stored, bool) == isinstance(wanted, bool) and stored == wanted
 
 
 @dataclass(frozen=True)

@@ -70,3 +70,91 @@ def test_each_kind_of_damage_is_found_and_repaired(settled, capsys, mlflow_exper
         assert len(client.get_trace(trace_id).data.spans) == 3
     # Only the stray trace is left: reported, never deleted.
     assert code == 1 and "after repair: traces: 3 checked in MLflow, 0 wrong or missing" in out
+
+
+def _vote(api, turn, **body) -> None:
+    url = f"/api/messages/{turn['message_id']}/feedback/"
+    response = api.put(url, body, format="json")
+    assert response.status_code in (200, 201), response.content
+
+
+def test_an_assessment_of_ours_the_row_does_not_hold_is_reported_and_repair_removes_it(
+    api, user, turn_of, deliver_until_settled, assessments, capsys
+):
+    from mlflow.entities import AssessmentSource
+
+    turn = turn_of()
+    _vote(api, turn, is_correct=False, expected_response="Ten days.")
+    deliver_until_settled()
+    _vote(api, turn, rating=3)
+    deliver_until_settled()
+    feedback = Feedback.objects.get()
+    # Left behind, tagged with the row: the earlier thumbs and answer, and a second rating.
+    tagged = {
+        "trace_id": turn["trace_id"],
+        "source": AssessmentSource(source_type="HUMAN", source_id=str(user.pk)),
+        "metadata": {tracing.assessments.ASSESSMENT_KEY: str(feedback.pk)},
+    }
+    mlflow.log_feedback(name="response_is_correct", value=False, **tagged)
+    mlflow.log_expectation(name="expected_response", value="Ten days.", **tagged)
+    mlflow.log_feedback(name="user_rating", value=3, **tagged)
+
+    code, out = _audit(capsys)
+    assert code == 1
+    assert (
+        f"feedback {feedback.pk}: user_rating there 2 times; "
+        "response_is_correct False on the trace, the row does not hold it; "
+        "an expected response on the trace, the row does not hold it"
+    ) in out
+
+    code, out = _audit(capsys, "--repair")
+    assert "after repair: feedback: 1 checked in MLflow, 0 differ" in out
+    assert code == 0, out
+    assert [(a.name, a.feedback.value) for a in assessments(turn["trace_id"])] == [
+        ("user_rating", 3)
+    ]
+
+
+def test_the_old_thumbs_a_vote_change_brought_back_is_reported_and_repaired_for_good(
+    api, user, turn_of, deliver_until_settled, assessments, capsys
+):
+    """The trace issue 19 left, and the repair: removing only the thumbs standing would make
+    MLflow bring back the one before it, so its whole history goes."""
+    from django.db.models import F
+    from mlflow.entities import AssessmentSource
+
+    turn = turn_of()
+    for is_correct in (True, False, True):
+        _vote(api, turn, is_correct=is_correct)
+        deliver_until_settled()
+    _vote(api, turn, rating=3)
+    feedback = Feedback.objects.get()
+    # What delivering it did before the fix: delete the valid thumbs (MLflow makes the one it
+    # superseded, False, valid again) and log the rating.
+    mlflow.delete_assessment(
+        trace_id=turn["trace_id"], assessment_id=feedback.feedback_assessment_id
+    )
+    mlflow.log_feedback(
+        trace_id=turn["trace_id"],
+        name="user_rating",
+        value=3,
+        source=AssessmentSource(source_type="HUMAN", source_id=str(user.pk)),
+        metadata={tracing.assessments.ASSESSMENT_KEY: str(feedback.pk)},
+    )
+    Feedback.objects.filter(pk=feedback.pk).update(
+        delivery_state="delivered", delivered_version=F("version")
+    )
+    assert sorted((a.name, a.feedback.value) for a in assessments(turn["trace_id"])) == [
+        ("response_is_correct", False),
+        ("user_rating", 3),
+    ]
+
+    code, out = _audit(capsys)
+    assert code == 1
+    assert (
+        f"feedback {feedback.pk}: response_is_correct False on the trace, the row does not hold it"
+    ) in out
+
+    code, out = _audit(capsys, "--repair")
+    assert code == 0, out
+    assert [a.name for a in assessments(turn["trace_id"], include_invalid=True)] == ["user_rating"]

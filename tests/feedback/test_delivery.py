@@ -229,3 +229,229 @@ def test_a_deliverer_that_outlived_its_lease_leaves_the_row_to_the_one_that_took
     (valid,) = assessments(turn["trace_id"])
     assert valid.feedback.value is True
     assert Feedback.objects.get(pk=feedback.pk).feedback_assessment_id == takeover["written"][0]
+
+
+# --- A vote that changes kind: the trace holds what the row holds, nothing more ----------------
+
+
+def _held(feedback: Feedback) -> set[tuple[str, object]]:
+    """The assessments a row asks for, as (name, value)."""
+    feedback.refresh_from_db()
+    if feedback.withdrawn:
+        return set()
+    held = {(feedback.name, feedback.value)} if feedback.name else set()
+    if feedback.expected_response:
+        held.add(("expected_response", feedback.expected_response))
+    return held
+
+
+def _on_trace(assessments, trace_id: str, user) -> set[tuple[str, object]]:
+    """The valid assessments `user` has on the trace, as (name, value); a duplicate fails."""
+    mine = [a for a in assessments(trace_id) if a.source.source_id == str(user.pk)]
+    pairs = [
+        (a.name, a.expectation.value if a.expectation is not None else a.feedback.value)
+        for a in mine
+    ]
+    assert len(pairs) == len(set(pairs)), pairs
+    return set(pairs)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_parallel_edits_that_change_the_vote_kind_leave_only_the_row_on_the_trace(
+    user, api, turn_of, deliver_until_settled, assessments
+):
+    """Issue 19: twenty parallel PUTs alternating a thumbs (with an expected answer) and a rating,
+    a deliverer running through them, after an earlier wave of edits had been delivered."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from tests.conftest import token_client
+
+    turn = turn_of()
+    url = f"/api/messages/{turn['message_id']}/feedback/"
+    for is_correct in (True, False, True, False):  # the earlier wave, each edit delivered
+        _rate(api, turn, is_correct=is_correct, expected_response="The earlier answer")
+        deliver_until_settled()
+
+    stop = threading.Event()
+
+    def deliverer():
+        try:
+            while not stop.is_set():
+                services.feedback_deliver_due()
+        finally:
+            connection.close()
+
+    def put(body):
+        try:
+            response = token_client(user).put(url, body, format="json")
+            assert response.status_code == 200, response.content
+        finally:
+            connection.close()
+
+    bodies = [
+        {"is_correct": i % 4 == 0, "expected_response": f"answer {i}"}
+        if i % 2 == 0
+        else {"rating": 1 + i % 5}
+        for i in range(19)
+    ]
+    running = threading.Thread(target=deliverer)
+    running.start()
+    try:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(put, bodies))
+        put({"rating": 3})  # the wave's last word, as in the issue
+    finally:
+        stop.set()
+        running.join()
+    deliver_until_settled()
+
+    feedback = Feedback.objects.get()
+    assert (feedback.rating, feedback.is_correct, feedback.delivery_state) == (3, None, "delivered")
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback) == {("user_rating", 3)}
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        pytest.param(
+            [{"is_correct": True}, {"is_correct": False}, {"rating": 4}],
+            id="a-thumbs-replaced-by-a-rating",
+        ),
+        pytest.param(
+            [{"rating": 2}, {"rating": 5}, {"is_correct": True}],
+            id="a-rating-replaced-by-a-thumbs",
+        ),
+        pytest.param(
+            [{"is_correct": True}, {"rating": 1}, {"is_correct": False}, {"rating": 3}],
+            id="back-and-forth",
+        ),
+        pytest.param(
+            [
+                {"is_correct": False},
+                {"is_correct": False, "expected_response": "Ten days."},
+                {"is_correct": False, "expected_response": "Twelve days."},
+                {"is_correct": False},
+            ],
+            id="an-expected-answer-added-changed-then-withdrawn",
+        ),
+    ],
+)
+def test_each_delivered_edit_leaves_on_the_trace_exactly_what_the_row_holds(
+    edits, user, api, turn_of, deliver_until_settled, assessments
+):
+    turn = turn_of()
+    for body in edits:
+        feedback = _rate(api, turn, **body)
+        deliver_until_settled()
+        assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback), body
+
+
+def test_withdrawing_a_vote_that_changed_kind_leaves_nothing_of_it(
+    user, api, turn_of, deliver_until_settled, assessments
+):
+    turn = turn_of()
+    for body in ({"is_correct": True}, {"is_correct": False}, {"rating": 2}, {"rating": 4}):
+        _rate(api, turn, **body, expected_response="Ten days.")
+        deliver_until_settled()
+    assert api.delete(f"/api/messages/{turn['message_id']}/feedback/").status_code == 204
+    deliver_until_settled()
+
+    assert assessments(turn["trace_id"], include_invalid=True) == []
+
+
+def test_an_edit_landing_during_a_delivery_that_changes_the_kind_is_reconciled_next(
+    user, api, turn_of, get_trace, deliver_until_settled, assessments, monkeypatch
+):
+    from chat import tracing
+
+    turn = turn_of()
+    get_trace(turn["trace_id"])
+    _rate(api, turn, is_correct=True)
+    deliver_until_settled()
+    feedback = _rate(api, turn, is_correct=False)
+    sync = tracing.sync_assessments
+
+    def write_then_the_user_edits(**kwargs):
+        written = sync(**kwargs)  # MLflow has the thumbs-down; the row is not recorded yet
+        _rate(api, turn, rating=3)
+        return written
+
+    monkeypatch.setattr(tracing, "sync_assessments", write_then_the_user_edits)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "pending"
+    monkeypatch.setattr(tracing, "sync_assessments", sync)
+    deliver_until_settled()
+
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback)
+    assert _held(feedback) == {("user_rating", 3)}
+
+
+def test_two_deliverers_at_once_leave_the_trace_as_the_row_whoever_writes_last(
+    user, api, turn_of, get_trace, deliver_until_settled, assessments, monkeypatch, settings
+):
+    """The first deliverer stalls past its lease (a tracking server that hangs); meanwhile the
+    user changes the vote and a second deliverer delivers that. The first one's stale write lands
+    last."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from chat import tracing
+
+    turn = turn_of()
+    get_trace(turn["trace_id"])
+    _rate(api, turn, is_correct=True)
+    deliver_until_settled()
+    feedback = _rate(api, turn, rating=4)
+    sync = tracing.sync_assessments
+    second = {}
+
+    def stall_past_the_lease(**kwargs):
+        monkeypatch.setattr(tracing, "sync_assessments", sync)
+        _rate(api, turn, is_correct=False)
+        later = timezone.now() + timedelta(seconds=settings.FEEDBACK_LEASE_S + 1)
+        second["state"] = services.feedback_deliver(feedback_id=feedback.pk, now=later)
+        return sync(**kwargs)  # the rating, written over what the second one delivered
+
+    monkeypatch.setattr(tracing, "sync_assessments", stall_past_the_lease)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "superseded"
+    assert second["state"] == "delivered"
+    deliver_until_settled()
+
+    feedback.refresh_from_db()
+    assert feedback.delivery_state == "delivered"
+    assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback)
+    assert _held(feedback) == {("response_is_correct", False)}
+
+
+@pytest.mark.slow
+def test_over_a_tracking_server_a_vote_that_changes_kind_leaves_only_the_row(
+    user, api, turn_of, deliver_until_settled, assessments, mlflow_server
+):
+    """The REST store must show superseded assessments and restore them on delete as the SQL
+    store does, or the reconcile would miss them there."""
+    from chat import tracing
+    from feedback import audit
+
+    assert tracing.configure(tracking_uri=mlflow_server.url, experiment_name="vote-kinds")
+    turn = turn_of()
+    edits = (
+        {"is_correct": True},
+        {"rating": 4},
+        {"rating": 5},
+        {"is_correct": False},
+        {"rating": 2},
+    )
+    for body in edits:
+        feedback = _rate(api, turn, **body)
+        deliver_until_settled()
+        assert _on_trace(assessments, turn["trace_id"], user) == _held(feedback), body
+
+    # Delivered again (a crash before the row was saved): the rating, back as 2.0, is left alone.
+    every = [a.assessment_id for a in assessments(turn["trace_id"], include_invalid=True)]
+    Feedback.objects.filter(pk=feedback.pk).update(delivery_state="pending", next_attempt_at=None)
+    assert services.feedback_deliver(feedback_id=feedback.pk) == "delivered"
+    assert [a.assessment_id for a in assessments(turn["trace_id"], include_invalid=True)] == every
+    assert audit.feedback_audit().problems == {}

@@ -10,7 +10,8 @@ class Command(BaseCommand):
     help = (
         "Check MLflow against the database (the source of truth): turns without their trace, "
         "traces without a turn, half-written traces, wrong user / session / request id / "
-        "metadata, feedback without its assessment or with another value. --repair fixes each "
+        "metadata, feedback without its assessment, with another value, or with an assessment "
+        "the row does not hold (an old vote, a withdrawn answer). --repair fixes each "
         "from the database. Exits 1 when anything is off (after --repair: anything still off)."
     )
 
