@@ -105,3 +105,15 @@ def test_the_chat_path_runs_no_middleware_adapted_to_sync(token, caplog, setting
     assert response.status == 200 and seed.status == 200
     adapted = [r.getMessage() for r in caplog.records if "adapted for middleware" in r.getMessage()]
     assert adapted == []
+
+
+def test_the_llm_span_times_the_awaited_model_call(api, llm_server, get_trace):
+    llm_server.mode = "slow"
+    llm_server.slow_seconds = 0.3
+
+    reply = api.post("/api/chat/", {"message": "time me"}, format="json").json()
+
+    spans = {s.name: s for s in get_trace(reply["trace_id"]).data.spans}
+    llm, root = spans["llm"], spans["chat_turn"]
+    assert llm.end_time_ns - llm.start_time_ns >= 0.3e9
+    assert root.start_time_ns <= llm.start_time_ns and llm.end_time_ns <= root.end_time_ns

@@ -16,6 +16,7 @@ SCRIPT = textwrap.dedent(
     import json, sys
     import django
     django.setup()
+    import chatproject.asgi, chatproject.workers  # what a uvicorn worker loads
     from django.core.management import call_command
     call_command("migrate", verbosity=0)
     from django.contrib.auth.models import User
@@ -25,6 +26,8 @@ SCRIPT = textwrap.dedent(
     token = Token.objects.create(user=User.objects.create(username="lean"))
     client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
     chat = client.post("/api/chat/", {"message": "hi"}, format="json")
+    streamed = client.post("/api/chat/", {"message": "more", "stream": True}, format="json")
+    assert b"event: done" in b"".join(streamed)
     feedback = client.put(
         f"/api/messages/{chat.json()['message_id']}/feedback/", {"is_correct": True}, format="json"
     )
