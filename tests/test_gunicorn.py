@@ -129,3 +129,71 @@ def test_no_control_socket_is_shared_between_instances(gunicorn, tmp_path):
         assert own.is_socket()
     finally:
         other.stop()
+
+
+def _token(server: Gunicorn) -> str:
+    script = (
+        "from django.contrib.auth.models import User;"
+        "from rest_framework.authtoken.models import Token;"
+        "u, _ = User.objects.get_or_create(username='drain');"
+        "print(Token.objects.get_or_create(user=u)[0].key)"
+    )
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", script],
+        cwd=ROOT,
+        env=server.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_sigterm_lets_turns_in_flight_finish_and_refuses_new_ones(tmp_path):
+    """A deploy's SIGTERM: streamed turns already answering get their whole answer; new
+    connections are refused at once (the load balancer sends them elsewhere)."""
+    import signal
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = Gunicorn(tmp_path, LLM_LOCAL_TOKEN_DELAY_MS="40", THROTTLE_CHAT="")
+    token = _token(server)
+    first_token: set[int] = set()  # turns whose first token arrived
+
+    def streamed_turn(i: int) -> bytes:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        body = json.dumps({"message": f"question number {i}", "stream": True})
+        conn.request(
+            "POST",
+            "/api/chat/",
+            body=body,
+            headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+        )
+        response = conn.getresponse()
+        seen = b""
+        while chunk := response.read1(65536):
+            seen += chunk
+            if b"event: token" in seen:
+                first_token.add(i)
+        return seen
+
+    try:
+        with ThreadPoolExecutor(6) as pool:
+            turns = [pool.submit(streamed_turn, i) for i in range(6)]
+            deadline = time.monotonic() + 30
+            while len(first_token) < 6 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            server.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            with pytest.raises(ConnectionRefusedError):
+                http.client.HTTPConnection("127.0.0.1", server.port, timeout=2).request(
+                    "GET", "/health/"
+                )
+            answers = [turn.result(timeout=60) for turn in turns]
+        assert all(b"event: done" in answer for answer in answers)
+        assert server.proc.wait(timeout=30) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+        server.log.close()
