@@ -292,11 +292,13 @@ def rss_mb(pid: int) -> float | None:
 
 
 def cpu_seconds(pids) -> float:
+    """CPU time of a whole process tree's live members, with their reaped children's (cutime,
+    cstime): PostgreSQL's backends come and go within a row."""
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return total
 
 
@@ -589,7 +591,10 @@ class Row:
     db_peak: int | None = None
     rss_mb: dict[int, float] = field(default_factory=dict)  # worker pid -> largest RSS
     model_peak: int = 0
+    model_served: int = 0
     model_cancelled: int = 0
+    model_busy_at_start: int = 0  # requests still running from the row before
+    settle_s: float | None = None
     cpu_pct: dict[str, float] = field(default_factory=dict)
     traces: int | None = None
     drain_s: float | None = None
@@ -633,7 +638,10 @@ class Row:
             "db_conns_peak": self.db_peak,
             "rss_mb": sorted(self.rss_mb.values()),
             "model_peak_in_flight": self.model_peak,
+            "model_served": self.model_served,
             "model_cancelled": self.model_cancelled,
+            "model_busy_at_start": self.model_busy_at_start,
+            "settle_s": self.settle_s,
             "traces_stored": self.traces,
             "trace_drain_s": self.drain_s,
             "cpu_pct": self.cpu_pct,
@@ -649,6 +657,7 @@ def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, w
     prefix = f"{secrets.token_hex(3)}{row.users}{row.mode[0]}"
     start_at = time.time() + 2.0  # the clients' imports and set-up fall before it
     base = get_json(f"{model_url}/stats?reset=1")
+    row.model_busy_at_start = base["in_flight"]
     popens = []
     try:
         for k in range(clients):
@@ -697,6 +706,7 @@ def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, w
         row.cpu_pct["load"] = 100 * cpu / max(wall, 1e-9)
         stats = get_json(f"{model_url}/stats")
         row.model_peak = stats["peak_in_flight"]
+        row.model_served = stats["served"] - base["served"]
         row.model_cancelled = stats["cancelled"] - base["cancelled"]
     finally:
         for popen in popens:
@@ -773,6 +783,29 @@ def drain_traces(stack: Stack, row: Row, timeout: float) -> None:
     row.drain_s = None if waiting else time.monotonic() - started
 
 
+def settle(row: Row, model_url: str, timeout: float, quiet_s: float = 1.0) -> None:
+    """Waits until the app has left the model alone for `quiet_s`: turns whose users gave up
+    may still be running (or queued), and would weigh on the next row."""
+    started = time.monotonic()
+    quiet_since = None
+    next_progress = started + PROGRESS_S
+    while time.monotonic() - started < timeout:
+        busy = get_json(f"{model_url}/stats")["in_flight"]
+        now = time.monotonic()
+        if busy:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            row.settle_s = quiet_since - started
+            return
+        if busy and now >= next_progress:
+            next_progress += PROGRESS_S
+            log(f"  {row.label}: the app still has {busy} requests at the model; waiting")
+        time.sleep(0.1)
+    row.settle_s = None
+
+
 async def warm_up(target: Target, tokens: list[str], turns: int = 4) -> None:
     """First turns load code and open connections; each must be answered."""
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -843,8 +876,15 @@ def print_table(rows: list[dict]) -> None:
             )
         for kind, e in sorted(row["errors"].items()):
             notes.append(f"{kind}: slowest {e['slowest_s']:.2f}s")
-        if row["model_cancelled"]:
-            notes.append(f"model: {row['model_cancelled']} requests cancelled by the app")
+        notes.append(
+            f"model: {row['model_served']} replies, {row['model_cancelled']} cancelled by the app"
+        )
+        if row["model_busy_at_start"]:
+            notes.append(f"{row['model_busy_at_start']} model requests left from the row before")
+        if row["settle_s"] is None:
+            notes.append("the app was still calling the model at the settle timeout")
+        elif row["settle_s"] > 1.5:
+            notes.append(f"the app went on calling the model for {row['settle_s']:.0f}s after")
         print(f"- {row['app']} {row['database']} {row['users']} {row['mode']}: " + "; ".join(notes))
 
 
@@ -887,6 +927,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="longest wait for traces, s (120)"
+    )
+    parser.add_argument(
+        "--settle-timeout",
+        type=float,
+        default=120.0,
+        help="after a row, longest wait for the app to stop calling the model, s (120)",
     )
     parser.add_argument(
         "--env", action="append", default=[], metavar="NAME=VALUE", help="more app settings"
@@ -1005,6 +1051,7 @@ def bench_app(database: str, root: Path, model: Model, args, rows: list[Row]) ->
                     target = Target(stack.url, mode, seed=False)
                     run_row(row, target, stack.tokens, args, model.url, watch)
                     drain_traces(stack, row, args.drain_timeout)
+                    settle(row, model.url, args.settle_timeout)
                     rows.append(row)
                     summary(row)
         finally:
@@ -1028,6 +1075,7 @@ def bench_seed(root: Path, model: Model, args, rows: list[Row]) -> None:
         for users in args.seed_users:
             row = new_row("seed", "-", users, "json", args)
             run_row(row, target, [], args, model.url, watch)
+            settle(row, model.url, args.settle_timeout)
             rows.append(row)
             summary(row)
     finally:
