@@ -27,6 +27,8 @@ server-sent events to the end, noting the first `event: token` and whether `done
 came), then the next turn at once; a failed turn waits --error-pause first. Users start spread
 over --ramp seconds (default: one reply), then the row's window of --duration seconds begins;
 at its end no new turn starts and every open turn is waited for (at most --client-timeout).
+Then the answered turns' traces are waited for, and the app must leave the model alone for 1 s
+(at most --settle-timeout): turns whose users gave up may still be running or queued in it.
 The users run in --clients processes of asyncio + aiohttp (one connection per user), apart
 from this one, which polls the processes' memory, the database and the model meanwhile.
 
@@ -54,7 +56,9 @@ Columns:
                  turns the app actually lets wait on the model concurrently
 The notes under the table: CPU of each part as % of one core over the row (app: gunicorn and
 its workers; model; background: mlflow server and delivery workers; postgres; load: the client
-processes), and how long after the window the last open turn ended.
+processes; other: whatever else kept the machine busy, from /proc/stat), how long after the
+window the last open turn ended, the model's replies and the requests the app cancelled, and
+model requests a row inherited from the one before or left running past the settle timeout.
 
 The temp dir is deleted at the end unless --keep, or something went wrong: processes that died
 and WARNING / ERROR lines and tracebacks in the logs are printed as PROBLEM lines.
@@ -98,6 +102,7 @@ from load import (
 )
 
 POLL_S = 0.15
+MACHINE = "machine"  # the CPU of the whole machine, beside the parts'
 PROGRESS_S = 5.0
 # Passed from this command's environment to the app (settings to try, e.g. a turns-in-flight cap).
 PASS_PREFIXES = ("CHAT_", "WEB_", "GUNICORN_")
@@ -300,6 +305,13 @@ def cpu_seconds(pids) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine has spent busy (all cores), from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def open_files(pids, path: str) -> int:
@@ -679,7 +691,8 @@ def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, w
             popens.append(
                 subprocess.Popen([sys.executable, __file__, "--client", str(path)], cwd=ROOT)
             )
-        watch.start(start_at)
+        time.sleep(max(0.0, start_at - time.time()))
+        watch.start()
         deadline = start_at + row.ramp + row.duration + args.client_timeout + args.error_pause + 30
         next_progress = start_at + PROGRESS_S
         while any(p.poll() is None for p in popens):
@@ -704,6 +717,9 @@ def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, w
             cpu += result["cpu_s"]
         watch.finish(row)
         row.cpu_pct["load"] = 100 * cpu / max(wall, 1e-9)
+        # What else ran meanwhile (the machine may be shared): all busy CPU minus the parts.
+        machine = row.cpu_pct.pop(MACHINE)
+        row.cpu_pct["other"] = max(0.0, machine - sum(row.cpu_pct.values()))
         stats = get_json(f"{model_url}/stats")
         row.model_peak = stats["peak_in_flight"]
         row.model_served = stats["served"] - base["served"]
@@ -728,11 +744,12 @@ class Watch:
         self.cpu0: dict[str, float] = {}
         self.t0 = 0.0
 
-    def start(self, at: float) -> None:
+    def start(self) -> None:
         self.db_peak = None
         self.rss = {}
         self.cpu0 = {name: cpu_seconds(pids()) for name, pids in self.parts.items()}
-        self.t0 = time.monotonic() + max(0.0, at - time.time())
+        self.cpu0[MACHINE] = machine_busy_seconds()
+        self.t0 = time.monotonic()
 
     def sample(self) -> None:
         if self.connections is not None:
@@ -751,6 +768,7 @@ class Watch:
         wall = max(time.monotonic() - self.t0, 1e-9)
         for name, pids in self.parts.items():
             row.cpu_pct[name] = 100 * (cpu_seconds(pids()) - self.cpu0[name]) / wall
+        row.cpu_pct[MACHINE] = 100 * (machine_busy_seconds() - self.cpu0[MACHINE]) / wall
         row.db_peak = self.db_peak
         row.rss_mb = dict(self.rss)
 
