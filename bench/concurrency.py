@@ -56,9 +56,10 @@ Columns:
                  turns the app actually lets wait on the model concurrently
 The notes under the table: CPU of each part as % of one core over the row (app: gunicorn and
 its workers; model; background: mlflow server and delivery workers; postgres; load: the client
-processes; other: whatever else kept the machine busy, from /proc/stat), how long after the
-window the last open turn ended, the model's replies and the requests the app cancelled, and
-model requests a row inherited from the one before or left running past the settle timeout.
+processes; bench: this process's polling; other: whatever else kept the machine busy, from
+/proc/stat), how long after the window the last open turn ended, the model's replies and the
+requests the app cancelled, and model requests a row inherited from the one before or left
+running past the settle timeout.
 
 The temp dir is deleted at the end unless --keep, or something went wrong: processes that died
 and WARNING / ERROR lines and tracebacks in the logs are printed as PROBLEM lines.
@@ -103,6 +104,7 @@ from load import (
 
 POLL_S = 0.15
 MACHINE = "machine"  # the CPU of the whole machine, beside the parts'
+BENCH = "bench"  # this process: the polling of /proc, the database and the model
 PROGRESS_S = 5.0
 # Passed from this command's environment to the app (settings to try, e.g. a turns-in-flight cap).
 PASS_PREFIXES = ("CHAT_", "WEB_", "GUNICORN_")
@@ -749,6 +751,7 @@ class Watch:
         self.rss = {}
         self.cpu0 = {name: cpu_seconds(pids()) for name, pids in self.parts.items()}
         self.cpu0[MACHINE] = machine_busy_seconds()
+        self.cpu0[BENCH] = time.process_time()
         self.t0 = time.monotonic()
 
     def sample(self) -> None:
@@ -768,6 +771,7 @@ class Watch:
         wall = max(time.monotonic() - self.t0, 1e-9)
         for name, pids in self.parts.items():
             row.cpu_pct[name] = 100 * (cpu_seconds(pids()) - self.cpu0[name]) / wall
+        row.cpu_pct[BENCH] = 100 * (time.process_time() - self.cpu0[BENCH]) / wall
         row.cpu_pct[MACHINE] = 100 * (machine_busy_seconds() - self.cpu0[MACHINE]) / wall
         row.db_peak = self.db_peak
         row.rss_mb = dict(self.rss)
@@ -985,7 +989,7 @@ def main() -> int:
     log(f"temp dir {root}")
     rows: list[Row] = []
     problems: list[str] = []
-    keep = True
+    keep, code = True, 0
     model_procs = Processes(root / "logs")
     try:
         model = start_model(model_procs, args)
@@ -997,18 +1001,19 @@ def main() -> int:
         keep = args.keep or bool(problems)
     except BenchError as exc:
         log(f"FAILED: {exc}")
-        return 1
+        code = 1
     except KeyboardInterrupt:
         log("interrupted")
-        return 130
+        code = 130
     finally:
         model_procs.stop_all()
         if keep:
             log(f"kept {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
-    report(rows, problems, args)
-    return 0
+    if rows:  # the rows done so far, also when a later one failed
+        report(rows, problems, args)
+    return code
 
 
 def signal_setup() -> None:
