@@ -334,6 +334,19 @@ def is_worker(pid: int) -> bool:
         return False
 
 
+def refreshed_every(seconds: float, pids):
+    """`pids` (a callable scanning /proc) called at most once per `seconds`: workers seldom
+    change, and scanning /proc every poll cost this process ~8 % of a core."""
+    last = {"at": -seconds, "pids": []}
+
+    def cached() -> list[int]:
+        if time.monotonic() - last["at"] >= seconds:
+            last["at"], last["pids"] = time.monotonic(), pids()
+        return last["pids"]
+
+    return cached
+
+
 def get_json(url: str) -> dict:
     with urllib.request.urlopen(url, timeout=5) as response:
         return json.loads(response.read())
@@ -1065,8 +1078,9 @@ def bench_app(database: str, root: Path, model: Model, args, rows: list[Row]) ->
         }
         if stack.postgres:
             parts["postgres"] = stack.postgres.pids
-        connections = ConnectionCount(stack.env["DATABASE_URL"], stack.db_file, stack.db_holders)
-        watch = Watch(stack.workers, parts, connections)
+        db_holders = refreshed_every(1.0, stack.db_holders)
+        connections = ConnectionCount(stack.env["DATABASE_URL"], stack.db_file, db_holders)
+        watch = Watch(refreshed_every(1.0, stack.workers), parts, connections)
         try:
             for users in args.users:
                 for mode in args.modes:
@@ -1094,7 +1108,7 @@ def bench_seed(root: Path, model: Model, args, rows: list[Row]) -> None:
             "app": lambda: [seed.proc.popen.pid, *seed.workers()],
             "model": lambda: [model.pid],
         }
-        watch = Watch(seed.workers, parts, None)
+        watch = Watch(refreshed_every(1.0, seed.workers), parts, None)
         for users in args.seed_users:
             row = new_row("seed", "-", users, "json", args)
             run_row(row, target, [], args, model.url, watch)
