@@ -4,6 +4,7 @@
                                                 # SQLite; then the seed app (JSON), same counts
     .venv/bin/python bench/concurrency.py --users 8,32 --duration 10 --seed-users 32,128
     .venv/bin/python bench/concurrency.py --databases sqlite,postgres --json /tmp/conc.json
+    .venv/bin/python bench/concurrency.py --databases "" --users 512   # the seed app alone
     CHAT_SOMETHING=1 WEB_CONCURRENCY=2 .venv/bin/python bench/concurrency.py ...
 
 Starts, on loopback with free ports and in a fresh temporary directory:
