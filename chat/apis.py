@@ -105,17 +105,19 @@ def event_stream_response(
     left before it started ends with the response).
     """
 
-    async def encoded() -> AsyncIterator[str]:
+    async def encoded() -> AsyncIterator[bytes]:
+        # Bytes, so Django's response passes each piece on as it is (a str is encoded per piece
+        # with the response's charset, looked up in settings every time).
         try:
             # Closing this stream (the client left while a piece was being sent) closes the
             # turn's too, so the turn is recorded as cancelled at once, not when collected.
             async with aclosing(events) as stream:
                 async for event in stream:
                     if event.kind == "keepalive":
-                        yield ": keepalive\n\n"
+                        yield b": keepalive\n\n"
                         continue
                     data = serialize_done(event.data) if event.kind == "done" else event.data
-                    yield sse_event(event.kind, data)
+                    yield sse_event(event.kind, data).encode()
         finally:
             slot.release()
 

@@ -27,7 +27,7 @@ os.makedirs(STATIC_ROOT, exist_ok=True)
 FEEDBACK_RETRY_BASE_S = 0.2
 FEEDBACK_RETRY_MAX_S = 1.0
 FEEDBACK_DELIVERY_THREADS = 1  # tests share one in-transaction connection
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # A file, like production: threads and processes share it (in-memory SQLite locks tables).
     DATABASES["default"]["TEST"] = {"NAME": f"{_TMP}/test-db.sqlite3"}
 # Tests that count requests set their own rates; the rest must not trip over the defaults.

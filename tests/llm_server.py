@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 class FakeOpenAIServer:
-    """Answers POST /v1/chat/completions; `mode` is "ok", "error" (HTTP 500) or "slow"."""
+    """Answers POST /v1/chat/completions; `mode` is "ok", "error" (HTTP 500), "slow" or
+    "broken_stream" (a stream that sends two pieces, then an error event) or "stalled_stream"
+    (two pieces, then silence for `slow_seconds`)."""
 
     def __init__(self) -> None:
         self.mode = "ok"
@@ -69,6 +71,12 @@ class FakeOpenAIServer:
                     piece = word if i == len(words) - 1 else word + " "
                     delta = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
                     self._event({**base, "choices": [delta]})
+                    if server.mode == "broken_stream" and i == 1:
+                        self._event({"error": {"message": "the model crashed"}})
+                        return
+                    if server.mode == "stalled_stream" and i == 1:
+                        time.sleep(server.slow_seconds)
+                        return
                 self._event(
                     {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
                 )

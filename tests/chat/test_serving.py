@@ -57,6 +57,24 @@ def test_a_model_that_stops_answering_frees_the_turns_slot_with_a_504(token, llm
     assert turn_slots.in_flight == before
 
 
+def test_a_stream_that_stalls_midway_frees_its_slot_after_the_timeout(token, llm_server, settings):
+    llm_server.mode = "stalled_stream"
+    llm_server.slow_seconds = 3.0
+    settings.LLM_TIMEOUT_S = 0.3
+    gc.collect()
+    before = turn_slots.in_flight
+
+    started = time.monotonic()
+    streamed = asgi_post("/api/chat/", {"message": "one two three", "stream": True}, token=token)
+
+    assert time.monotonic() - started < 2.0
+    events = streamed.events()
+    assert [d["text"] for k, d in events if k == "token"] == ["echo[2]: ", "one "]
+    assert events[-1][1]["error"] == "llm_timeout"
+    assert Turn.objects.get().status == Turn.Status.FAILED
+    assert turn_slots.in_flight == before
+
+
 def test_a_client_that_leaves_while_the_model_thinks_cancels_its_turn_at_once(
     token, llm_server, settings
 ):

@@ -115,6 +115,24 @@ def test_an_llm_failure_mid_stream_is_an_error_event_and_an_error_trace(
     assert trace.info.state == "ERROR"
 
 
+def test_an_error_event_from_the_model_mid_stream_fails_the_turn_after_its_pieces(
+    api, llm_server, find_traces
+):
+    llm_server.mode = "broken_stream"
+    events = events_of(stream(api, "one two three", headers={"X-Request-ID": "stream-broken"}))
+    assert [d["text"] for k, d in events if k == "token"] == ["echo[2]: ", "one "]
+    assert events[-1] == (
+        "error",
+        {
+            "error": "llm_unavailable",
+            "detail": "The language model reported an error mid-stream.",
+        },
+    )
+    assert Turn.objects.get().status == Turn.Status.FAILED
+    (trace,) = find_traces("attributes.client_request_id = 'stream-broken'")
+    assert trace.info.state == "ERROR"
+
+
 def test_a_replayed_stream_makes_no_second_trace(api, find_traces):
     first = events_of(stream(api, headers={"X-Request-ID": "again"}))
     second = events_of(stream(api, headers={"X-Request-ID": "again"}))
