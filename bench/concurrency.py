@@ -45,10 +45,11 @@ Columns:
                  within --client-timeout), `stream error <code>` (an `event: error`), `stream cut`
                  (ended with neither), aiohttp's connection errors by name; the notes give each
                  kind's slowest failure
-  DB conns       peak connections to the app's database during the row, every 0.15 s:
-                 PostgreSQL's pg_stat_activity for the database (app and workers, not the bench's
-                 own poller); SQLite: open descriptors of the database file in the gunicorn
-                 workers and the delivery workers (/proc/<pid>/fd)
+  DB conns       peak connections to the app's database during the row, every 0.15 s, the app's
+                 web workers' / everybody's (delivery workers too, not the bench's own poller):
+                 PostgreSQL's pg_stat_activity (web: application_name 'chat-web'; their bound is
+                 DB_POOL_MAX_SIZE x WEB_CONCURRENCY, 10 x 2); SQLite: open descriptors of the
+                 database file (/proc/<pid>/fd)
   RSS MB         per gunicorn (uvicorn, for the seed) worker, its largest VmRSS during the row
   traces         answered turns whose trace is in MLflow / answered turns: read from the tracking
                  server's database (trace_info by client_request_id) every 0.5 s after the row
@@ -416,24 +417,27 @@ class Postgres:
 
 
 class ConnectionCount:
-    """Connections to the app's database right now."""
+    """Connections to the app's database right now: (the app's web workers', everybody's)."""
 
-    def __init__(self, database_url: str, db_file: str, pids):
+    def __init__(self, database_url: str, db_file: str, pids, web_pids):
         self.db_file = db_file
         self.pids = pids  # callable: the processes that may hold the SQLite file open
+        self.web_pids = web_pids  # callable: the app's web workers among them
         self.pg = None
         if database_url.startswith("postgres"):
             import psycopg
 
             self.pg = psycopg.connect(database_url, autocommit=True)
 
-    def __call__(self) -> int:
+    def __call__(self) -> tuple[int, int]:
         if self.pg is not None:
+            # The app names its connections by role (settings: application_name).
             return self.pg.execute(
-                "SELECT count(*) FROM pg_stat_activity "
+                "SELECT count(*) FILTER (WHERE application_name = 'chat-web'), count(*) "
+                "FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-            ).fetchone()[0]
-        return open_files(self.pids(), self.db_file)
+            ).fetchone()
+        return open_files(self.web_pids(), self.db_file), open_files(self.pids(), self.db_file)
 
     def close(self) -> None:
         if self.pg is not None:
@@ -616,7 +620,7 @@ class Row:
     ttft_s: float
     turns: list[list] = field(default_factory=list)
     ramp: float = 0.0
-    db_peak: int | None = None
+    db_peak: tuple[int, int] | None = None
     rss_mb: dict[int, float] = field(default_factory=dict)  # worker pid -> largest RSS
     model_peak: int = 0
     model_served: int = 0
@@ -755,7 +759,7 @@ class Watch:
         self.workers = workers  # callable: pids whose RSS is reported
         self.parts = parts  # name -> callable: pids, for CPU
         self.connections = connections
-        self.db_peak: int | None = None
+        self.db_peak: tuple[int, int] | None = None
         self.rss: dict[int, float] = {}
         self.cpu0: dict[str, float] = {}
         self.t0 = 0.0
@@ -770,15 +774,21 @@ class Watch:
 
     def sample(self) -> None:
         if self.connections is not None:
-            now = self.connections()
-            self.db_peak = now if self.db_peak is None else max(self.db_peak, now)
+            web, every = self.connections()
+            if self.db_peak is not None:
+                web, every = max(web, self.db_peak[0]), max(every, self.db_peak[1])
+            self.db_peak = (web, every)
         for pid in self.workers():
             if (mb := rss_mb(pid)) is not None:
                 self.rss[pid] = max(self.rss.get(pid, 0.0), mb)
 
     def describe(self) -> str:
         rss = ", ".join(f"{mb:.0f}" for mb in sorted(self.rss.values()))
-        conns = "" if self.db_peak is None else f"DB connections peak {self.db_peak}, "
+        conns = (
+            ""
+            if self.db_peak is None
+            else "DB connections peak {} web, {} all, ".format(*self.db_peak)
+        )
         return f"{conns}workers' RSS {rss} MB"
 
     def finish(self, row: Row) -> None:
@@ -884,7 +894,10 @@ def print_table(rows: list[dict]) -> None:
         ("TTFT+ p50 ms", lambda r: fmt(r["ttft_extra_p50_ms"], ".0f")),
         ("TTFT+ p99 ms", lambda r: fmt(r["ttft_extra_p99_ms"], ".0f")),
         ("errors", lambda r: errors_cell(r["errors"])),
-        ("DB conns", lambda r: fmt(r["db_conns_peak"], "d")),
+        (
+            "DB conns web / all",
+            lambda r: "-" if r["db_conns_peak"] is None else "{} / {}".format(*r["db_conns_peak"]),
+        ),
         ("RSS MB", lambda r: " / ".join(f"{mb:.0f}" for mb in r["rss_mb"]) or "-"),
         (
             "traces",
@@ -1080,7 +1093,12 @@ def bench_app(database: str, root: Path, model: Model, args, rows: list[Row]) ->
         if stack.postgres:
             parts["postgres"] = stack.postgres.pids
         db_holders = refreshed_every(1.0, stack.db_holders)
-        connections = ConnectionCount(stack.env["DATABASE_URL"], stack.db_file, db_holders)
+        connections = ConnectionCount(
+            stack.env["DATABASE_URL"],
+            stack.db_file,
+            db_holders,
+            refreshed_every(1.0, stack.workers),
+        )
         watch = Watch(refreshed_every(1.0, stack.workers), parts, connections)
         try:
             for users in args.users:

@@ -1,5 +1,6 @@
 """Settings, all read from the environment (see the README's table)."""
 
+import sys
 from pathlib import Path
 
 import environ
@@ -82,6 +83,13 @@ TEMPLATES = [
     },
 ]
 
+def _process_role() -> str:
+    argv = sys.argv or [""]
+    if len(argv) > 1 and Path(argv[0]).name == "manage.py":
+        return f"chat-{argv[1]}"[:63]
+    return "chat-web" if "gunicorn" in argv[0] or "uvicorn" in argv[0] else "chat"
+
+
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
 # No persistent connections (Django's advice for async code): a request's ORM work runs in short
 # units (chatproject/asyncdb.py), each giving its connection back when it ends.
@@ -99,7 +107,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
 elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # psycopg's pool per process: a unit borrows a connection and gives it back when it ends.
     # Peak connections = DB_POOL_MAX_SIZE x processes; a unit waits up to DB_POOL_TIMEOUT_S.
-    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+    options = DATABASES["default"].setdefault("OPTIONS", {})
+    # Who holds a connection, in pg_stat_activity: "chat-web" (the app's workers) or
+    # "chat-<command>" (deliver_traces, ...), so the pool's bound can be checked per role.
+    options.setdefault("application_name", env.str("DB_APPLICATION_NAME", default=_process_role()))
+    options["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=2),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=10),
         "timeout": env.float("DB_POOL_TIMEOUT_S", default=10.0),
