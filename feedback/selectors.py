@@ -51,7 +51,8 @@ def deliverable(now: datetime) -> Q:
     """Due, free of any lease, and on a trace MLflow already has whole.
 
     Feedback waits (without spending attempts) while its turn's trace is still being delivered,
-    so it is never marked delivered onto a half-written or missing trace.
+    so it is never marked delivered onto a half-written or missing trace; a sampled-out trace
+    is asked for when the feedback is stored (`services.feedback_submit`) and waited for alike.
     """
     trace_waiting = TraceExport.objects.filter(trace_id=OuterRef("turn__trace_id")).exclude(
         state=TraceExport.State.EXPORTED
