@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from django.core.management import call_command
+from django.core.management.base import CommandError
 
 from chat import selectors, tracing
 from chat.models import TraceExport
@@ -158,3 +159,18 @@ def _audit(*args) -> str:
     out = StringIO()
     call_command("audit_traces", *args, stdout=out)
     return out.getvalue()
+
+
+def test_a_turn_whose_trace_row_is_gone_is_unaccounted_and_fails_the_audit(
+    settings, api, turn_of, mlflow_experiment
+):
+    settings.TRACE_SAMPLE_RATIO = 0.0
+    body = turn_of("its row will go")
+    turn_of("stays sampled out")
+    TraceExport.objects.filter(trace_id=body["trace_id"]).delete()
+
+    accounting = selectors.trace_accounting()
+    assert (accounting["answered"], accounting["sampled_out"]) == (2, 1)
+    assert accounting["unaccounted"] == 1
+    with pytest.raises(CommandError, match="the audit found problems"):
+        _audit()

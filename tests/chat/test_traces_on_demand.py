@@ -1,12 +1,15 @@
 """Traces on demand: a sampled-out turn somebody cares about (feedback, a staff label, the review
 queue, the admin action, `traces write`) gets its complete trace in MLflow, late and tagged."""
 
+from datetime import timedelta
+
 import mlflow
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
+from django.utils import timezone
 
-from chat import selectors, tracing
+from chat import audit, delivery, selectors, tracing
 from chat.models import TraceExport, Turn
 from feedback import services as feedback_services
 from feedback.models import Feedback
@@ -182,3 +185,19 @@ def test_traces_write_refuses_what_it_cannot_read():
         call_command("traces", "write", "--since", "yesterday-ish")
     with pytest.raises(CommandError, match="not a conversation id"):
         call_command("traces", "write", "--session", "nope")
+
+
+def test_a_trace_asked_for_late_waits_from_when_it_was_asked_not_from_its_turn(
+    settings, api, turn_of, mlflow_experiment, client
+):
+    (body,) = _turns_sampled_out(settings, api, turn_of, n=1)
+    TraceExport.objects.update(created_at=timezone.now() - timedelta(days=3))
+    assert delivery.trace_request(trace_ids=[body["trace_id"]], reason="requested") == 1
+
+    # Asked for just now, not written yet (no deliverer ran): young, not overdue.
+    metrics = client.get("/metrics").content.decode()
+    age = float(metrics.split("\nchat_trace_oldest_pending_age_seconds ")[1].split()[0])
+    assert 0 <= age < 60
+    assert audit.traces_audit().overdue == []
+    TraceExport.objects.update(requested_at=timezone.now() - timedelta(minutes=5))
+    assert audit.traces_audit().overdue == [body["trace_id"]]
