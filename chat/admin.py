@@ -1,14 +1,15 @@
 """Conversations and turns for staff. The feedback app extends the Turn admin with labelling."""
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import Substr
 from django.http import HttpRequest
 
-from chat import tracing
-from chat.models import ChatSession, Message, Turn
+from chat import delivery, tracing
+from chat.models import ChatSession, Message, TraceExport, Turn
 
 EXCERPT_CHARS = 90
+ADMIN_WRITE_DEADLINE_S = 10.0
 
 
 def _excerpt(role: str) -> Subquery:
@@ -61,6 +62,24 @@ class ChatSessionAdmin(admin.ModelAdmin):
         return tracing.ui_link_html(tracing.session_ui_url(obj.pk), "session traces")
 
 
+@admin.action(description="Write trace to MLflow (sampled-out ones too)", permissions=["view"])
+def write_traces(modeladmin, request, queryset):
+    """Trace this: the selected turns' traces in MLflow, tagged `trace.written_late=requested`."""
+    result = delivery.traces_write(turns=queryset, deadline_s=ADMIN_WRITE_DEADLINE_S)
+    text = (
+        f"{result.turns} turn(s): {result.written} trace(s) in MLflow "
+        f"({result.asked} sampled out, now asked for)"
+    )
+    if result.waiting:
+        text += f", {result.waiting} queued for the delivery worker (MLflow busy or not reachable)"
+    if result.failed:
+        text += f", {result.failed} refused by MLflow (see Traces to MLflow)"
+    if result.untraced:
+        text += f"; {result.untraced} without a trace (tracing was off)"
+    ok = not (result.waiting or result.failed)
+    modeladmin.message_user(request, text + ".", messages.SUCCESS if ok else messages.WARNING)
+
+
 @admin.register(Turn)
 class TurnAdmin(admin.ModelAdmin):
     list_display = (
@@ -94,6 +113,7 @@ class TurnAdmin(admin.ModelAdmin):
     inlines = [MessageInline]
     date_hierarchy = "created_at"
     list_per_page = 50
+    actions = [write_traces]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Turn]:
         return (
@@ -102,6 +122,9 @@ class TurnAdmin(admin.ModelAdmin):
             .annotate(
                 question_text=_excerpt(Message.Role.USER),
                 answer_text=_excerpt(Message.Role.ASSISTANT),
+                trace_state=Subquery(
+                    TraceExport.objects.filter(trace_id=OuterRef("trace_id")).values("state")[:1]
+                ),
             )
         )
 
@@ -121,4 +144,6 @@ class TurnAdmin(admin.ModelAdmin):
 
     @admin.display(description="Trace")
     def trace_link(self, obj: Turn):
+        if getattr(obj, "trace_state", None) == TraceExport.State.SAMPLED_OUT:
+            return "sampled out"  # stored, not in MLflow: "Write trace to MLflow" writes it
         return tracing.trace_link_html(obj.trace_id)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat import selectors, tracing
@@ -32,11 +33,17 @@ class TraceAudit:
     overdue: list[str] = field(default_factory=list)  # pending for longer than a minute
     failed: list[str] = field(default_factory=list)  # MLflow refused them; repair retries
     abandoned_turns: list[int] = field(default_factory=list)  # pending turns past the bound
+    # Sampled out (TRACE_SAMPLE_RATIO): stored, deliberately not in MLflow. Neither lost nor
+    # pending; written if anyone asks (`traces write`, feedback, a label, the review queue).
+    sampled_out: int = 0
+    # Answered turns by where their trace is (`selectors.trace_accounting`): the parts add up.
+    accounting: dict = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         wrong = (self.problems, self.without_turn, self.overdue, self.failed)
-        return not any(wrong) and not self.abandoned_turns
+        unaccounted = self.accounting.get("unaccounted", 0)
+        return not any(wrong) and not self.abandoned_turns and not unaccounted
 
 
 def traces_audit(*, since: datetime | None = None, progress: Progress = None) -> TraceAudit:
@@ -53,9 +60,14 @@ def traces_audit(*, since: datetime | None = None, progress: Progress = None) ->
     overdue_before = timezone.now() - timedelta(seconds=60)
     pending = exports.filter(state=TraceExport.State.PENDING)
     audit.pending = pending.count()
+    # A sampled-out trace asked for later is due from when it was asked for.
     audit.overdue = list(
-        pending.filter(created_at__lt=overdue_before).values_list("trace_id", flat=True)
+        pending.annotate(due_since=Coalesce("requested_at", "created_at"))
+        .filter(due_since__lt=overdue_before)
+        .values_list("trace_id", flat=True)
     )
+    audit.sampled_out = exports.filter(state=TraceExport.State.SAMPLED_OUT).count()
+    audit.accounting = selectors.trace_accounting(since=since)
     audit.failed = list(
         exports.filter(state=TraceExport.State.FAILED).values_list("trace_id", flat=True)
     )
@@ -68,9 +80,12 @@ def traces_audit(*, since: datetime | None = None, progress: Progress = None) ->
 
     exported = exports.filter(state=TraceExport.State.EXPORTED).order_by("id")
     total = exported.count()
-    rows = exported.values_list("trace_id", "payload").iterator(chunk_size=BATCH)
+    rows = exported.values_list("trace_id", "payload", "written_late").iterator(chunk_size=BATCH)
     batch: dict[str, dict] = {}
-    for trace_id, payload in rows:
+    for trace_id, payload, written_late in rows:
+        if written_late:  # its trace carries why it was written late, as delivery tagged it
+            tags = {**payload["tags"], tracing.WRITTEN_LATE_TAG: written_late}
+            payload = {**payload, "tags": tags}
         batch[trace_id] = payload
         if len(batch) == BATCH:
             _check(batch, audit, total, progress)

@@ -10,13 +10,16 @@ takeover after a crash mid-write adds nothing twice.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
 from chat import selectors, tracing
@@ -32,15 +35,20 @@ def due(now: datetime) -> Q:
     )
 
 
-def trace_deliver_due(*, limit: int | None = None) -> Counter:
-    """Write one batch of due traces to MLflow; returns counts by outcome.
+def trace_deliver_due(
+    *, limit: int | None = None, trace_ids: Sequence[str] | None = None
+) -> Counter:
+    """Write one batch of due traces (of these only, if given) to MLflow; returns counts by outcome.
 
     Outcomes: exported, retry (MLflow did not take it; tried again with backoff), failed (MLflow
     refused it TRACE_MAX_ATTEMPTS times; counted and visible, `audit_traces --repair` retries).
+    Sampled-out rows are not pending, so they are never taken (see `trace_request`).
     """
     limit = limit or settings.TRACE_DELIVERY_BATCH
     now = timezone.now()
     pending = TraceExport.objects.filter(state=TraceExport.State.PENDING)
+    if trace_ids is not None:
+        pending = pending.filter(trace_id__in=list(trace_ids))
     # A read first: on SQLite every transaction takes the write lock, and requests need it more
     # than an idle deliverer polling twice a second.
     if not pending.filter(due(now)).exists():
@@ -128,6 +136,91 @@ def _retry_later(rows: list[TraceExport], owner: str, error: str, *, outage: boo
     log = logger.error if outcome == "failed" else logger.info
     log("trace delivery %s traces=%s error=%s", outcome, len(rows), error[:200])
     return outcome
+
+
+def trace_request(*, trace_ids: Iterable[str] | QuerySet, reason: str) -> int:
+    """Have these traces written to MLflow after all, if they were sampled out; returns how many.
+
+    The row becomes pending (the delivery worker writes it within TRACE_POLL_INTERVAL_S) and keeps
+    `reason` (a `TraceExport.LateReason`), which the trace carries as its `trace.written_late` tag.
+    Traces already written, waiting or failed are left as they are, so asking twice, or for a
+    trace that was never sampled out, does nothing. Feedback on the turn waits for the write.
+    """
+    if not isinstance(trace_ids, QuerySet):
+        trace_ids = [t for t in trace_ids if t]
+        if not trace_ids:
+            return 0
+    now = timezone.now()
+    asked = TraceExport.objects.filter(
+        state=TraceExport.State.SAMPLED_OUT, trace_id__in=trace_ids
+    ).update(
+        state=TraceExport.State.PENDING,
+        written_late=reason,
+        requested_at=now,
+        attempts=0,
+        next_attempt_at=None,
+        last_error="",
+    )
+    if asked:
+        logger.info("sampled-out traces asked for count=%s reason=%s", asked, reason)
+    return asked
+
+
+@dataclass(frozen=True)
+class TraceWrite:
+    """What `traces_write` did with the traces of the turns it was given."""
+
+    turns: int  # turns given
+    asked: int  # sampled-out traces asked for (now written, or queued for the worker)
+    written: int  # of the given turns' traces, in MLflow now (written earlier included)
+    waiting: int  # still pending: held by a worker, MLflow down, or past the deadline
+    failed: int  # MLflow refused them (see the row's last error)
+    untraced: int  # turns without a trace (tracing was off, or no answer yet)
+
+
+def traces_write(
+    *,
+    turns: QuerySet[Turn],
+    reason: str = TraceExport.LateReason.REQUESTED,
+    deadline_s: float | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> TraceWrite:
+    """Write these turns' traces to MLflow now, sampled-out ones included ("trace this").
+
+    Sampled-out traces are asked for (`trace_request`), then every pending one of them is written
+    here in batches, as the delivery worker would (same claim, so the two never write one row at
+    once). What a worker holds, or what waits out an outage, is left to the worker.
+    """
+    started = time.monotonic()
+    trace_ids = list(turns.exclude(trace_id="").values_list("trace_id", flat=True))
+    untraced = turns.filter(trace_id="").count()
+    asked = trace_request(trace_ids=trace_ids, reason=reason)
+    rows = TraceExport.objects.filter(trace_id__in=trace_ids)
+    waiting = list(rows.filter(state=TraceExport.State.PENDING).values_list("trace_id", flat=True))
+    total, written = len(waiting), 0
+    while waiting and (deadline_s is None or time.monotonic() - started < deadline_s):
+        counts = trace_deliver_due(trace_ids=waiting[: settings.TRACE_DELIVERY_BATCH])
+        written += counts["exported"]
+        if progress:
+            progress(written, total)
+        if counts["retry"] and not counts["exported"]:
+            break  # MLflow is not taking them now: the worker retries with backoff
+        waiting = list(
+            rows.filter(state=TraceExport.State.PENDING).values_list("trace_id", flat=True)
+        )
+        if waiting and not counts:
+            time.sleep(0.2)  # a worker holds them: it is writing them
+            if deadline_s is None and time.monotonic() - started > settings.TRACE_LEASE_S * 2:
+                break
+    by_state = dict(rows.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    return TraceWrite(
+        turns=len(trace_ids) + untraced,
+        asked=asked,
+        written=by_state.get(TraceExport.State.EXPORTED, 0),
+        waiting=by_state.get(TraceExport.State.PENDING, 0),
+        failed=by_state.get(TraceExport.State.FAILED, 0),
+        untraced=untraced,
+    )
 
 
 def trace_retry(*, trace_ids: list[str] | None = None) -> int:

@@ -121,11 +121,12 @@ class FastJSONEncoder(json.JSONEncoder):
 
 
 class TraceExportManager(models.Manager):
-    # The row's four values that vary; every other column takes its field's default.
-    GIVEN = ("turn", "trace_id", "payload", "created_at")
+    # The row's values that vary; every other column takes its field's default.
+    GIVEN = ("turn", "trace_id", "payload", "state", "created_at")
 
-    def enqueue(self, *, turn_id: int, trace_id: str, payload: dict) -> None:
-        """Insert a pending row: `create()`'s row, written with one prepared INSERT.
+    def enqueue(self, *, turn_id: int, trace_id: str, payload: dict, sampled: bool = True) -> None:
+        """Insert a pending row (sampled out: kept, not delivered): `create()`'s row, written with
+        one prepared INSERT.
 
         This is the one write tracing adds to a turn, so it is kept to what the database does:
         building and saving a model instance cost ~300 us more per turn in a request than the
@@ -135,7 +136,8 @@ class TraceExportManager(models.Manager):
         """
         connection = connections[router.db_for_write(self.model)]
         sql, fields, defaults = self._insert_statement(connection.alias)
-        given = (turn_id, trace_id, payload, timezone.now())  # created_at: auto_now_add
+        state = TraceExport.State.PENDING if sampled else TraceExport.State.SAMPLED_OUT
+        given = (turn_id, trace_id, payload, state, timezone.now())  # created_at: auto_now_add
         values = [
             field.get_db_prep_save(value, connection)
             for field, value in zip(fields, given, strict=True)
@@ -172,6 +174,15 @@ class TraceExport(models.Model):
         PENDING = "pending", "Pending"
         EXPORTED = "exported", "Exported"
         FAILED = "failed", "Failed"
+        # TRACE_SAMPLE_RATIO left it out: stored and counted, not delivered unless asked for
+        # (then it becomes pending, with `written_late` saying why).
+        SAMPLED_OUT = "sampled_out", "Sampled out"
+
+    class LateReason(models.TextChoices):
+        FEEDBACK = "feedback", "Feedback from its user"
+        LABEL = "label", "A staff label"
+        REVIEW = "review", "Shown in the review queue"
+        REQUESTED = "requested", "Asked for (admin action or `traces write`)"
 
     turn = models.ForeignKey(Turn, on_delete=models.CASCADE, related_name="trace_exports")
     trace_id = models.CharField(max_length=64, unique=True)
@@ -187,6 +198,10 @@ class TraceExport(models.Model):
     exported_at = models.DateTimeField(null=True, blank=True)
     # Set when `audit_traces --repair` had to write it again.
     repaired_at = models.DateTimeField(null=True, blank=True)
+    # A sampled-out trace asked for after all: why (the trace's `trace.written_late` tag) and when
+    # (its wait for delivery counts from then, not from the turn).
+    written_late = models.CharField(max_length=16, choices=LateReason.choices, blank=True)
+    requested_at = models.DateTimeField(null=True, blank=True)
 
     objects = TraceExportManager()
 

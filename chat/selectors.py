@@ -5,7 +5,8 @@ from datetime import datetime
 
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db.models import Count, Min, Q, QuerySet, Sum
+from django.db.models import Count, F, Min, Q, QuerySet, Sum
+from django.db.models.functions import Coalesce
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
 
@@ -62,10 +63,13 @@ def history_for_llm(*, session: ChatSession, before: Turn, max_turns: int) -> li
 
 def trace_payloads(rows: Sequence[TraceExport]) -> list[dict]:
     """These rows' traces as MLflow is to get them: the messages they name filled in (one query),
-    masked with TRACE_REDACT_PII, previews clipped (see `tracing.complete_payload`)."""
+    masked with TRACE_REDACT_PII, previews clipped, a sampled-out one asked for later tagged with
+    why (see `tracing.complete_payload`)."""
     ids = set().union(*(tracing.message_refs(row.payload) for row in rows))
     texts = dict(Message.objects.filter(pk__in=ids).values_list("pk", "content")) if ids else {}
-    return [tracing.complete_payload(row.payload, texts) for row in rows]
+    return [
+        tracing.complete_payload(row.payload, texts, written_late=row.written_late) for row in rows
+    ]
 
 
 def user_id_for(value: str) -> int | None:
@@ -135,19 +139,66 @@ def trace_recorded(*, otel_trace_id: int) -> bool:
 
 
 def trace_backlog() -> dict:
-    """Traces by delivery state, how many were repaired, and the oldest one still waiting."""
+    """Traces by delivery state (sampled out included), how many were repaired and written late,
+    and the oldest one still waiting."""
     by_state = dict(
         TraceExport.objects.values_list("state").annotate(n=Count("id")).values_list("state", "n")
     )
+    # A sampled-out trace asked for later waits from when it was asked for, not from its turn.
     oldest = TraceExport.objects.filter(state=TraceExport.State.PENDING).aggregate(
-        oldest=Min("created_at")
+        oldest=Min(Coalesce("requested_at", "created_at"))
     )["oldest"]
+    late = dict(
+        TraceExport.objects.exclude(written_late="")
+        .values_list("written_late")
+        .annotate(n=Count("id"))
+        .values_list("written_late", "n")
+    )
     return {
         "pending": by_state.get(TraceExport.State.PENDING, 0),
         "exported": by_state.get(TraceExport.State.EXPORTED, 0),
         "failed": by_state.get(TraceExport.State.FAILED, 0),
+        "sampled_out": by_state.get(TraceExport.State.SAMPLED_OUT, 0),
         "repaired": TraceExport.objects.filter(repaired_at__isnull=False).count(),
+        "written_late": {reason: late.get(reason, 0) for reason in TraceExport.LateReason.values},
         "oldest_pending_age_s": (timezone.now() - oldest).total_seconds() if oldest else 0.0,
+    }
+
+
+def trace_accounting(*, since: datetime | None = None) -> dict:
+    """Answered turns by where their trace is; the parts add up to `answered` exactly.
+
+    `answered` (completed turns) = `in_mlflow` + `pending` + `failed` (together: traced) +
+    `sampled_out` + `untraced` (tracing was off) + `unaccounted` (a turn naming a trace whose row
+    is gone: always 0 unless something deleted rows behind the app's back). `written_late`: traced
+    turns whose trace was sampled out and asked for later (part of `in_mlflow` once written).
+    """
+    turns = Turn.objects.filter(status=Turn.Status.COMPLETED)
+    if since is not None:
+        turns = turns.filter(created_at__gte=since)
+    answered = turns.count()
+    untraced = turns.filter(trace_id="").count()
+    # A turn's trace is the row its trace_id names (earlier failed attempts have rows of their own).
+    rows = TraceExport.objects.filter(
+        turn__status=Turn.Status.COMPLETED, turn__trace_id=F("trace_id")
+    )
+    if since is not None:
+        rows = rows.filter(turn__created_at__gte=since)
+    by_state = dict(rows.values_list("state").annotate(n=Count("id")).values_list("state", "n"))
+    counts = {
+        "in_mlflow": by_state.get(TraceExport.State.EXPORTED, 0),
+        "pending": by_state.get(TraceExport.State.PENDING, 0),
+        "failed": by_state.get(TraceExport.State.FAILED, 0),
+        "sampled_out": by_state.get(TraceExport.State.SAMPLED_OUT, 0),
+    }
+    traced = counts["in_mlflow"] + counts["pending"] + counts["failed"]
+    return {
+        "answered": answered,
+        "traced": traced,
+        **counts,
+        "untraced": untraced,
+        "unaccounted": answered - traced - counts["sampled_out"] - untraced,
+        "written_late": rows.exclude(written_late="").count(),
     }
 
 

@@ -501,7 +501,13 @@ def _trace_store(turn: Turn, trace: tracing.TurnTrace | None) -> None:
 
 
 def _trace_enqueue(turn: Turn, trace: tracing.TurnTrace) -> None:
-    TraceExport.objects.enqueue(turn_id=turn.pk, trace_id=trace.trace_id, payload=trace.payload())
+    # Sampled out or not, the row is the whole trace: it can be written later (trace_request).
+    TraceExport.objects.enqueue(
+        turn_id=turn.pk,
+        trace_id=trace.trace_id,
+        payload=trace.payload(),
+        sampled=tracing.trace_sampled(trace_id=trace.trace_id, endpoint=turn.endpoint),
+    )
 
 
 def _elapsed_ms(started: float) -> int:

@@ -67,8 +67,25 @@ class _DatabaseCollector:
         gauge = GaugeMetricFamily(
             "chat_traces", "Recorded traces by delivery state", labels=["state"]
         )
-        for state in ("pending", "exported", "failed"):
+        for state in ("pending", "exported", "failed", "sampled_out"):
             gauge.add_metric([state], traces[state])
+        yield gauge
+        written_late = CounterMetricFamily(
+            "chat_traces_written_late",
+            "Sampled-out traces written to MLflow later, by why they were asked for",
+            labels=["reason"],
+        )
+        for reason, n in traces["written_late"].items():
+            written_late.add_metric([reason], n)
+        yield written_late
+        accounting = chat_selectors.trace_accounting()
+        gauge = GaugeMetricFamily(
+            "chat_answered_turns",
+            "Answered turns by where their trace is; the series add up to the answered turns",
+            labels=["trace"],
+        )
+        for where in ("in_mlflow", "pending", "failed", "sampled_out", "untraced", "unaccounted"):
+            gauge.add_metric([where], accounting[where])
         yield gauge
         yield CounterMetricFamily(
             "chat_traces_repaired",

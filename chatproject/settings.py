@@ -282,6 +282,28 @@ REGION = env.str("REGION", default="local")
 # "team=support,tier=free" -> {"team": "support", "tier": "free"}
 TRACE_TAGS = env.dict("TRACE_TAGS", default={})
 
+
+def _ratio(name: str, value: str) -> float:
+    """A sampling ratio from the environment, or a start-up error that says what is wrong."""
+    try:
+        ratio = float(value)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:  # NaN fails this too
+        raise ImproperlyConfigured(f"{name}={value!r}: expected a number from 0 to 1 (e.g. 0.1)")
+    return ratio
+
+
+# The share of answered turns whose trace the delivery worker writes to MLflow (docs/tracing.md,
+# "Sampling"). Every turn's trace is still stored and counted; a sampled-out one is written later
+# if anyone cares (feedback, a label, the review queue, `traces write`).
+TRACE_SAMPLE_RATIO = _ratio("TRACE_SAMPLE_RATIO", env.str("TRACE_SAMPLE_RATIO", default="1.0"))
+# Per endpoint (the trace's `endpoint` tag), e.g. "api_chat=0.1,seed_chat=1": wins over the above.
+TRACE_SAMPLE_RATIO_BY_ENDPOINT = {
+    endpoint: _ratio(f"TRACE_SAMPLE_RATIO_BY_ENDPOINT {endpoint}", value)
+    for endpoint, value in env.dict("TRACE_SAMPLE_RATIO_BY_ENDPOINT", default={}).items()
+}
+
 # --- Feedback delivery to MLflow (the worker: `python manage.py deliver_feedback --loop`) --------
 FEEDBACK_RETRY_BASE_S = env.float("FEEDBACK_RETRY_BASE_S", default=1.0)
 FEEDBACK_RETRY_MAX_S = env.float("FEEDBACK_RETRY_MAX_S", default=60.0)

@@ -239,7 +239,13 @@ class LabelledTurnAdmin(TurnAdmin):
     """Chat's Turn admin with everyone's feedback inline and the staff label actions."""
 
     inlines = [*TurnAdmin.inlines, FeedbackInline]
-    actions = [mark_correct, mark_incorrect, set_expected_response, export_to_eval_dataset]
+    actions = [
+        *TurnAdmin.actions,
+        mark_correct,
+        mark_incorrect,
+        set_expected_response,
+        export_to_eval_dataset,
+    ]
     list_display = (*TurnAdmin.list_display[:4], "user_feedback", *TurnAdmin.list_display[4:])
 
     def get_queryset(self, request):

@@ -159,6 +159,10 @@ class FeedbackReportApi(APIView):
     class RowSerializer(serializers.Serializer):
         group = serializers.CharField()
         turns = serializers.IntegerField()
+        traced = serializers.IntegerField(help_text="turns whose trace is (or is being) written")
+        sampled_out = serializers.IntegerField(
+            help_text="turns whose trace TRACE_SAMPLE_RATIO kept out of MLflow (stored, counted)"
+        )
         rated_turns = serializers.IntegerField()
         feedback = serializers.IntegerField()
         feedback_rate = serializers.FloatField()

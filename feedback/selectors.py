@@ -51,7 +51,8 @@ def deliverable(now: datetime) -> Q:
     """Due, free of any lease, and on a trace MLflow already has whole.
 
     Feedback waits (without spending attempts) while its turn's trace is still being delivered,
-    so it is never marked delivered onto a half-written or missing trace.
+    so it is never marked delivered onto a half-written or missing trace; a sampled-out trace
+    is asked for when the feedback is stored (`services.feedback_submit`) and waited for alike.
     """
     trace_waiting = TraceExport.objects.filter(trace_id=OuterRef("turn__trace_id")).exclude(
         state=TraceExport.State.EXPORTED
@@ -88,7 +89,8 @@ def feedback_report(
     Users' feedback (from the person who asked) and staff labels (feedback from anyone else, as
     the review queue counts them) are counted apart: a label is a judgement, not a user's vote.
     `not_in_mlflow` counts either kind that MLflow does not show yet (pending or failed delivery):
-    where this report and MLflow disagree.
+    where this report and MLflow disagree. `traced` + `sampled_out` = `turns` (with tracing on):
+    every rate here counts every turn, whatever TRACE_SAMPLE_RATIO left out of MLflow.
     """
     turns = Turn.objects.filter(status=Turn.Status.COMPLETED)
     if since:
@@ -101,11 +103,18 @@ def feedback_report(
     corrected = ~Q(feedback__expected_response="")
     own = live & Q(feedback__user_id=F("user_id"))
     label = live & ~Q(feedback__user_id=F("user_id"))
+    # The turn's trace row (its trace_id names it): one lookup, not a join that would multiply
+    # the feedback counts.
+    trace_row = TraceExport.objects.filter(trace_id=OuterRef("trace_id"))
+    sampled_out = Q(Exists(trace_row.filter(state=TraceExport.State.SAMPLED_OUT)))
+    traced = Q(Exists(trace_row.exclude(state=TraceExport.State.SAMPLED_OUT)))
     rows = (
         turns.annotate(group=REPORT_GROUPS[group_by])
         .values("group")
         .annotate(
             turns=Count("id", distinct=True),
+            traced=Count("id", filter=traced, distinct=True),
+            sampled_out=Count("id", filter=sampled_out, distinct=True),
             rated_turns=Count("id", filter=own, distinct=True),
             feedback_count=Count("feedback", filter=own),
             judged=Count("feedback", filter=own & vote),

@@ -25,8 +25,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from chat import tracing
-from chat.delivery import due
-from chat.models import Turn
+from chat.delivery import due, trace_request
+from chat.models import TraceExport, Turn
 from feedback import selectors
 from feedback.exceptions import TurnNotRateable
 from feedback.models import Feedback, ReviewClaim
@@ -34,6 +34,7 @@ from feedback.models import Feedback, ReviewClaim
 logger = logging.getLogger(__name__)
 
 UNSET = object()
+LateReason = TraceExport.LateReason
 
 
 def feedback_submit(
@@ -68,6 +69,12 @@ def feedback_submit(
             feedback.withdrawn = False
             _mark_changed(feedback)
             feedback.save()
+        # A sampled-out turn that someone judges is worth its trace: written now, and the
+        # feedback waits for it (selectors.deliverable) like any feedback on a fresh trace.
+        trace_request(
+            trace_ids=[turn.trace_id],
+            reason=LateReason.FEEDBACK if user.pk == turn.user_id else LateReason.LABEL,
+        )
     return feedback, created
 
 
@@ -280,6 +287,17 @@ def _delivery_failed(
     return state
 
 
+def feedback_request_traces() -> int:
+    """Ask for the sampled-out traces that pending feedback waits on; returns how many.
+
+    `feedback_submit` asks for them as it stores the feedback; this catches feedback stored any
+    other way, so no feedback waits for ever on a trace nobody writes. (The feedback worker's
+    chore, every FEEDBACK_PROBE_INTERVAL_S.)
+    """
+    waiting = selectors.feedback_pending().values("turn__trace_id")
+    return trace_request(trace_ids=waiting, reason=LateReason.FEEDBACK)
+
+
 def feedback_resume_after_outage() -> int:
     """When the tracking store answers again, deliver what was backing off because it did not.
 
@@ -406,7 +424,22 @@ def review_claim_next(
     """Hold the next turn of the queue for `reviewer` (nobody else is shown it meanwhile).
 
     The turn already held by this reviewer comes back first (a reload shows the same item).
+    A sampled-out turn's trace is asked for as it is shown, so its trace link works by the time
+    the reviewer opens it.
     """
+    turn = _review_claim(reviewer=reviewer, filters=filters, skip=skip, now=now)
+    if turn is not None:
+        trace_request(trace_ids=[turn.trace_id], reason=LateReason.REVIEW)
+    return turn
+
+
+def _review_claim(
+    *,
+    reviewer: AbstractBaseUser,
+    filters: selectors.ReviewFilter,
+    skip: Sequence[int],
+    now: datetime | None,
+) -> Turn | None:
     now = now or timezone.now()
     until = now + timedelta(seconds=settings.REVIEW_CLAIM_S)
     queue = selectors.review_queue(filters=filters, reviewer=reviewer, now=now).exclude(

@@ -5,6 +5,7 @@
   completed from the stored messages it names when it is written.
 - `context`: W3C trace context, to join a caller's trace and pass ours on.
 - `redaction`: masking personal data in a recorded trace (`TRACE_REDACT_PII`).
+- `sampling`: which turns' traces are written at once (`TRACE_SAMPLE_RATIO`).
 - `export`: writing recorded traces to MLflow, complete and idempotent (the delivery process).
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
@@ -38,6 +39,7 @@ from chat.tracing.export import (
     write_traces,
 )
 from chat.tracing.links import session_ui_url, trace_link_html, trace_ui_url, ui_link_html
+from chat.tracing.sampling import sample_ratio, trace_sampled
 from chat.tracing.search import (
     ORDERINGS,
     SAFE_KEY,
@@ -59,6 +61,7 @@ from chat.tracing.setup import (
 )
 from chat.tracing.spans import (
     USERNAME_KEY,
+    WRITTEN_LATE_TAG,
     Span,
     TurnTrace,
     complete_payload,
@@ -72,6 +75,7 @@ from chat.tracing.spans import (
 __all__ = [
     "EXPECTATION_NAME",
     "USERNAME_KEY",
+    "WRITTEN_LATE_TAG",
     "CallerContext",
     "ORDERINGS",
     "SAFE_KEY",
@@ -106,12 +110,14 @@ __all__ = [
     "new_trace_id",
     "passed_on",
     "remaining_assessments",
+    "sample_ratio",
     "search_traces",
     "session_ui_url",
     "sync_assessments",
     "trace_filter_string",
     "trace_link_html",
     "trace_problems",
+    "trace_sampled",
     "trace_ui_url",
     "tracking_health",
     "tracking_reachable",

@@ -41,6 +41,8 @@ CHAIN, MEMORY, CHAT_MODEL = "CHAIN", "MEMORY", "CHAT_MODEL"
 CHAT_USAGE = "mlflow.chat.tokenUsage"
 # Beside `mlflow.trace.user` (the stable id): who that is, as the MLflow UI shows metadata.
 USERNAME_KEY = "chat.username"
+# On a trace that was sampled out and written later: why (feedback, label, review, requested).
+WRITTEN_LATE_TAG = "trace.written_late"
 
 _current: contextvars.ContextVar[TurnTrace | None] = contextvars.ContextVar(
     "chat_turn_trace", default=None
@@ -290,15 +292,18 @@ def message_refs(payload: dict) -> set[int]:
     return found
 
 
-def complete_payload(payload: dict, texts: Mapping[int, str]) -> dict:
+def complete_payload(payload: dict, texts: Mapping[int, str], *, written_late: str = "") -> dict:
     """The trace MLflow gets from a stored payload: messages filled in, masked, previews clipped.
 
     `texts` maps the ids `message_refs` named to their content. Masking (`TRACE_REDACT_PII`)
     covers every span's inputs, outputs, attributes and status message and both previews;
     previews are clipped after it, so a clip cannot leave half a value unmasked. A payload of
     version 1 (stored whole, already masked and clipped) comes out as it went in.
+    `written_late`: why a sampled-out trace is written after all (its `trace.written_late` tag).
     """
     filled = _filled(payload, texts)
+    if written_late:
+        filled["tags"] = {**filled["tags"], WRITTEN_LATE_TAG: written_late}
     mask, mask_text = (redact, redact_text) if settings.TRACE_REDACT_PII else (_same, _same)
     response = filled["response_preview"]
     filled["request_preview"] = _clip(mask_text(filled["request_preview"]))

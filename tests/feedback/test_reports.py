@@ -20,6 +20,8 @@ def test_the_report_by_app_version_matches_hand_computed_numbers(staff_api, worl
     assert rows["1.4"] == {
         "group": "1.4",
         "turns": 3,
+        "traced": 3,
+        "sampled_out": 0,
         "rated_turns": 2,
         "feedback": 2,
         "feedback_rate": round(2 / 3, 4),

@@ -59,8 +59,17 @@ class Command(BaseCommand):
         self.stdout.write(
             f"{head}traces: {audit.checked} checked in MLflow, {len(audit.problems)} wrong or "
             f"missing, {audit.pending} waiting for delivery ({len(audit.overdue)} for over a "
-            f"minute), {len(audit.failed)} failed, {len(audit.without_turn)} without a turn, "
+            f"minute), {len(audit.failed)} failed, {audit.sampled_out} sampled out (kept, not "
+            f"written), {len(audit.without_turn)} without a turn, "
             f"{len(audit.abandoned_turns)} abandoned turn(s)"
+        )
+        acc = audit.accounting
+        self.stdout.write(
+            f"{head}turns: {acc['answered']} answered = {acc['traced']} traced "
+            f"({acc['in_mlflow']} in MLflow, {acc['pending']} waiting, {acc['failed']} failed; "
+            f"{acc['written_late']} written late) + {acc['sampled_out']} sampled out + "
+            f"{acc['untraced']} untraced"
+            + (f" + {acc['unaccounted']} whose trace row is gone" if acc["unaccounted"] else "")
         )
         for trace_id, problem in list(audit.problems.items())[:20]:
             self.stdout.write(f"  {trace_id}: {problem}")

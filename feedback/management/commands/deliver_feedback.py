@@ -41,6 +41,8 @@ class Command(BaseCommand):
             self._one_pass(batch)
 
     def _one_pass(self, batch: int) -> None:
+        if asked := services.feedback_request_traces():
+            self.stdout.write(f"asked for {asked} sampled-out trace(s) that feedback waits on")
         total: Counter = Counter()
         while True:
             counts = services.feedback_deliver_due(
@@ -73,6 +75,8 @@ class Command(BaseCommand):
         def chores() -> list[str]:
             resumed = services.feedback_resume_after_outage()
             lines = [f"tracking store is back: resuming {resumed} feedback"] if resumed else []
+            if asked := services.feedback_request_traces():
+                lines.append(f"asked for {asked} sampled-out trace(s) that feedback waits on")
             for chore in extra:  # wired by the project (settings), so feedback imports no app
                 lines += chore()
             return lines
