@@ -5,6 +5,9 @@ lifespan (Django has none), and a stop that lets turns in flight finish within g
 `graceful_timeout` before the master would kill the worker.
 """
 
+import os
+import sys
+
 from uvicorn_worker import UvicornWorker
 
 
@@ -16,3 +19,7 @@ class ChatWorker(UvicornWorker):
         # On SIGTERM uvicorn stops accepting connections at once, then waits for requests in
         # flight this long (a second less than gunicorn, which kills the worker after its own).
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
+
+    def init_process(self):
+        sys.setswitchinterval(float(os.environ.get("GIL_SWITCH_INTERVAL_S", "0.005")))
+        super().init_process()
