@@ -83,6 +83,7 @@ TEMPLATES = [
     },
 ]
 
+
 def _process_role() -> str:
     argv = sys.argv or [""]
     if len(argv) > 1 and Path(argv[0]).name == "manage.py":
