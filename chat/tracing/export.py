@@ -150,10 +150,9 @@ def write_traces(payloads: Sequence[dict]) -> dict[str, str]:
     if sqlstore.is_sql_store(client.store):
         # The tracking store's database itself: the whole batch in one transaction.
         try:
-            sqlstore.start_traces(client.store, infos)
+            errors = sqlstore.start_traces(client.store, infos)
         except Exception as exc:
             raise TrackingUnavailable(short(exc)) from exc
-        errors = {}
     else:
         # The first alone: when the server is down, one call finds out, not a batch's worth.
         first = commit(infos[0])

@@ -12,7 +12,10 @@ concurrent writer inserted one of its traces first.
 
 This writes MLflow's tables through MLflow's own models, so it is tied to the MLflow version in
 constraints.txt: `tests/chat/test_sqlstore.py` writes the same traces both ways and compares
-every row, and fails on an upgrade that changes what `start_trace` stores.
+every row, and fails on an upgrade that changes what `start_trace` stores. It holds on 3.17.2
+and 3.18.0 (whose trace tables are the same), with 3.18's two new rules on any version: a trace
+id already stored in another experiment is refused (3.17's `start_trace` moved that trace into
+the caller's experiment), and a NUL in a preview is stored as U+FFFD (PostgreSQL refuses NUL).
 Needs the full `mlflow` package (the SDK has no SQL store); imported only when used.
 """
 
@@ -34,16 +37,18 @@ def is_sql_store(store: object) -> bool:
     return isinstance(store, SqlAlchemyStore)
 
 
-def start_traces(store: SqlAlchemyStore, infos: Sequence[TraceInfo]) -> None:
+def start_traces(store: SqlAlchemyStore, infos: Sequence[TraceInfo]) -> dict[str, str]:
     """Store these trace infos (one experiment) as `store.start_trace` would, in one transaction.
 
+    Returns {trace_id: why} for the traces refused: those whose id another experiment already
+    holds (MLflow 3.18 refuses them too, and refuses their spans). The rest are stored.
     Raises: MlflowException as `start_trace` does (no such experiment, a deleted one).
     """
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import IntegrityError
 
     if not infos:
-        return
+        return {}
     experiment_ids = {info.experiment_id for info in infos}
     if len(experiment_ids) != 1:
         raise ValueError(f"one experiment per batch, got {sorted(experiment_ids)}")
@@ -55,14 +60,39 @@ def start_traces(store: SqlAlchemyStore, infos: Sequence[TraceInfo]) -> None:
         if not isinstance(exc.__cause__, IntegrityError):
             raise
         # Another writer inserted one of these meanwhile: the store's merge path, trace by trace.
-        existing = {info.trace_id for info in infos}
+        with store.ManagedSessionMaker() as session:
+            existing = _stored_in(session, [info.trace_id for info in infos])
+    refused = {}
     for info in infos:
-        if info.trace_id in existing:
-            store.start_trace(info)
+        if info.trace_id not in existing:
+            continue
+        if existing[info.trace_id] != str(experiment.experiment_id):
+            refused[info.trace_id] = (
+                f"Trace with ID '{info.trace_id}' already exists in another experiment."
+            )
+            continue
+        store.start_trace(info)
+    return refused
 
 
-def _insert_new(store: SqlAlchemyStore, experiment, infos: Sequence[TraceInfo]) -> set[str]:
-    """Insert the traces not stored yet; returns the ids of those that were."""
+def _stored_in(session, trace_ids: Sequence[str]) -> dict[str, str]:
+    """{trace_id: experiment_id} of those of these traces the store holds."""
+    from mlflow.store.tracking.dbmodels.models import SqlTraceInfo
+
+    rows = session.query(SqlTraceInfo.request_id, SqlTraceInfo.experiment_id).filter(
+        SqlTraceInfo.request_id.in_(trace_ids)
+    )
+    return {trace_id: str(experiment_id) for trace_id, experiment_id in rows}
+
+
+def _preview(text: str | None) -> str | None:
+    # As MLflow 3.18's start_trace stores it: PostgreSQL's text columns cannot hold NUL, and one
+    # would fail the whole batch's transaction.
+    return text.replace("\x00", "\ufffd") if text else text
+
+
+def _insert_new(store: SqlAlchemyStore, experiment, infos: Sequence[TraceInfo]) -> dict[str, str]:
+    """Insert the traces not stored yet; returns {trace_id: experiment_id} of those that were."""
     from mlflow.store.tracking.dbmodels.models import SqlTraceInfo, SqlTraceMetadata, SqlTraceTag
     from mlflow.store.tracking.utils.sql_trace_rollups import (
         RollupFamily,
@@ -78,12 +108,7 @@ def _insert_new(store: SqlAlchemyStore, experiment, infos: Sequence[TraceInfo]) 
 
     ids = [info.trace_id for info in infos]
     with store.ManagedSessionMaker(read_only=False) as session:
-        existing = {
-            trace_id
-            for (trace_id,) in session.query(SqlTraceInfo.request_id).filter(
-                SqlTraceInfo.request_id.in_(ids)
-            )
-        }
+        existing = _stored_in(session, ids)
         new = [info for info in infos if info.trace_id not in existing]
         if not new:
             return existing
@@ -107,8 +132,8 @@ def _insert_new(store: SqlAlchemyStore, experiment, infos: Sequence[TraceInfo]) 
                     "execution_time_ms": info.execution_duration,
                     "status": info.state.value,
                     "client_request_id": info.client_request_id,
-                    "request_preview": info.request_preview,
-                    "response_preview": info.response_preview,
+                    "request_preview": _preview(info.request_preview),
+                    "response_preview": _preview(info.response_preview),
                     "trace_name": validate_trace_name(info.tags.get(TraceTagKey.TRACE_NAME)),
                     **analytics_columns_from_metadata(metadata),
                 }

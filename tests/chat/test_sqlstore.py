@@ -129,3 +129,73 @@ def test_a_deleted_experiment_is_refused_as_start_trace_refuses_it(tmp_path, rec
         store.start_trace(infos[0])
     assert refused.value.error_code == theirs.value.error_code
     assert _rows(store)["trace_info"] == []
+
+
+def _mlflow_at_least(version: str) -> bool:
+    import mlflow
+    from packaging.version import Version
+
+    return Version(mlflow.__version__) >= Version(version)
+
+
+def test_a_trace_id_another_experiment_holds_is_refused_and_the_rest_is_stored(tmp_path, recorded):
+    """A caller's trace id (traceparent) already stored by the caller in its own experiment."""
+    from mlflow.exceptions import MlflowException
+
+    store, exp_id = _store(tmp_path, "foreign")
+    caller_exp = store.create_experiment("caller")
+    foreign, *ours = recorded
+    store.start_trace(export.build(foreign, caller_exp)[0])
+    infos = [export.build(payload, exp_id)[0] for payload in recorded]
+
+    refused = sqlstore.start_traces(store, infos)
+
+    assert refused == {
+        foreign["trace_id"]: f"Trace with ID '{foreign['trace_id']}' already exists in another "
+        "experiment."
+    }
+    assert store.get_trace_info(foreign["trace_id"]).experiment_id == caller_exp
+    for payload in ours:
+        assert store.get_trace_info(payload["trace_id"]).experiment_id == exp_id
+    if _mlflow_at_least("3.18"):
+        # MLflow's own rule since 3.18 (3.17 moved the caller's trace into this experiment).
+        with pytest.raises(MlflowException, match="already exists in another experiment"):
+            store.start_trace(infos[0])
+
+
+def test_a_trace_another_experiment_holds_is_retried_and_the_rest_of_its_batch_delivered(turn_of):
+    from mlflow import MlflowClient
+    from mlflow.tracing.client import TracingClient
+
+    from chat import delivery
+
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    joined = turn_of("Called by a service", traceparent=traceparent)
+    plain = turn_of("Where is my parcel?")
+    caller_exp = MlflowClient().create_experiment("the-calling-service")
+    payload = selectors.trace_payloads(TraceExport.objects.filter(trace_id=joined["trace_id"]))[0]
+    TracingClient().start_trace(export.build(payload, caller_exp)[0])
+
+    assert delivery.trace_deliver_due() == {"exported": 1, "retry": 1}
+
+    rows = {row.trace_id: row for row in TraceExport.objects.all()}
+    assert rows[plain["trace_id"]].state == TraceExport.State.EXPORTED
+    refused = rows[joined["trace_id"]]
+    assert refused.state == TraceExport.State.PENDING
+    assert "already exists in another experiment" in refused.last_error
+    assert TracingClient().get_trace_info(joined["trace_id"]).experiment_id == caller_exp
+
+
+def test_a_nul_in_a_preview_is_stored_as_a_replacement_character(tmp_path, recorded):
+    """PostgreSQL's text columns refuse NUL: a model's reply with one must not fail the batch."""
+    theirs, their_exp = _store(tmp_path, "start_trace")
+    ours, our_exp = _store(tmp_path, "batch")
+    recorded[0]["response_preview"] = "before\x00after"
+
+    _write_batch(ours, our_exp, recorded[:1])
+
+    stored = ours.get_trace_info(recorded[0]["trace_id"])
+    assert stored.response_preview == "before\ufffdafter"
+    if _mlflow_at_least("3.18"):  # MLflow's start_trace stores it the same way since 3.18
+        _write_one_by_one(theirs, their_exp, recorded[:1])
+        assert _rows(ours) == _rows(theirs)
