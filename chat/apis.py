@@ -137,6 +137,8 @@ class ChatApi(AsyncAPIView):
     (503 `overloaded`, `Retry-After`). See docs/serving.md.
     """
 
+    takes_turn_slot = True  # refused at the door when the process is full (chat.capacity)
+
     renderer_classes = [JSONRenderer, EventStreamRenderer]
     throttle_scope = "chat"
 

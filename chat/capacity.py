@@ -7,9 +7,12 @@ wait longer, and a client that gave up would still be answered. See docs/serving
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 
 from django.conf import settings
+from django.urls import Resolver404, resolve
 
 from chat.exceptions import Overloaded
 
@@ -35,16 +38,16 @@ class TurnSlots:
         self.peak = 0
         self.refused = 0
 
+    @property
+    def full(self) -> bool:
+        return self.in_flight >= settings.CHAT_MAX_TURNS_IN_FLIGHT
+
     def take(self) -> TurnSlot:
         """Raises: Overloaded when this process already answers its cap of turns."""
         with self._lock:
-            if self.in_flight >= settings.CHAT_MAX_TURNS_IN_FLIGHT:
+            if self.full:
                 self.refused += 1
-                raise Overloaded(
-                    "The assistant is answering as many conversations as it can; "
-                    f"retry in {settings.CHAT_OVERLOAD_RETRY_AFTER_S} s.",
-                    retry_after_s=settings.CHAT_OVERLOAD_RETRY_AFTER_S,
-                )
+                raise overloaded()
             self.in_flight += 1
             self.peak = max(self.peak, self.in_flight)
         return TurnSlot(self)
@@ -55,3 +58,55 @@ class TurnSlots:
 
 
 turn_slots = TurnSlots()
+
+
+def overloaded() -> Overloaded:
+    return Overloaded(
+        "The assistant is answering as many conversations as it can; "
+        f"retry in {settings.CHAT_OVERLOAD_RETRY_AFTER_S} s.",
+        retry_after_s=settings.CHAT_OVERLOAD_RETRY_AFTER_S,
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def _takes_turn_slot(path: str) -> bool:
+    try:
+        match = resolve(path)
+    except Resolver404:
+        return False
+    return getattr(getattr(match.func, "view_class", None), "takes_turn_slot", False)
+
+
+def refuse_when_full(app):
+    """ASGI: a chat turn that arrives while this process is full is refused before Django runs.
+
+    The view takes the slot (after authentication); this only answers early what the view would
+    answer anyway. Under overload, every step before the view (Django's request signals and
+    authentication, each a hop to a thread) waits behind the turns in flight: a refusal made there
+    took up to 25 s at 1,000 streamed users (bench/concurrency.py); made here, it takes no thread,
+    no database and no time.
+    """
+
+    async def guarded(scope, receive, send):
+        if (
+            scope["type"] == "http"
+            and scope["method"] == "POST"
+            and turn_slots.full
+            and _takes_turn_slot(scope["path"])
+        ):
+            turn_slots.refused += 1
+            exc = overloaded()
+            body = json.dumps({"error": exc.code, "detail": exc.message}).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+            ]
+            headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+            await send(
+                {"type": "http.response.start", "status": exc.status_code, "headers": headers}
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        await app(scope, receive, send)
+
+    return guarded

@@ -21,5 +21,10 @@ class ChatWorker(UvicornWorker):
         self.config.timeout_graceful_shutdown = max(1, self.cfg.graceful_timeout - 1)
 
     def init_process(self):
-        sys.setswitchinterval(float(os.environ.get("GIL_SWITCH_INTERVAL_S", "0.005")))
+        # A turn's ORM unit runs in a thread and gives up the GIL at every SQL statement; with
+        # the event loop busy streaming other turns, taking it back waits up to the switch
+        # interval (Python's 5 ms) each time, so a 5-statement write lasted ~10-25 ms and held
+        # SQLite's write lock that long. 1 ms: 128 streamed users 0.81 -> 0.93 of ideal, time
+        # to first token p50 +770 -> +150 ms (bench/concurrency.py, docs/serving.md).
+        sys.setswitchinterval(float(os.environ.get("GIL_SWITCH_INTERVAL_S", "0.001")))
         super().init_process()

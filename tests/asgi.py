@@ -12,9 +12,10 @@ import json
 from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
-from django.core.handlers.asgi import ASGIHandler
 from django.core.signals import request_finished, request_started
 from django.db import close_old_connections
+
+from chatproject.asgi import application
 
 _running = [0]  # requests in flight through this module
 
@@ -103,7 +104,7 @@ async def _post(
         request_finished.disconnect(close_old_connections)
     _running[0] += 1
     try:
-        await ASGIHandler()(scope, receive, send)
+        await application(scope, receive, send)
     finally:
         _running[0] -= 1
         if not _running[0]:

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.signals import request_started
 from django.db import connections
 
 from chat.capacity import turn_slots
@@ -40,6 +41,26 @@ def test_a_turn_past_the_cap_is_refused_at_once_with_a_503_and_retry_after(
     assert refused.headers["retry-after"] == str(settings.CHAT_OVERLOAD_RETRY_AFTER_S)
     assert Turn.objects.count() == 1  # the refused turn stored nothing
     assert turn_slots.in_flight == before
+
+
+def test_a_full_process_refuses_a_turn_at_the_door_before_django_runs(token, settings):
+    gc.collect()
+    settings.CHAT_MAX_TURNS_IN_FLIGHT = turn_slots.in_flight + 1
+    held = turn_slots.take()  # the process is now full
+    started = []
+    request_started.connect(receiver := lambda **kwargs: started.append(1), weak=False)
+    try:
+        refused = asgi_post("/chat", {"message": "hello"}, token=token)
+        other = asgi_post("/api/sessions/", {"title": "not a turn"}, token=token)
+    finally:
+        request_started.disconnect(receiver)
+        held.release()
+
+    assert refused.status == 503 and refused.json()["error"] == "overloaded"
+    assert refused.headers["retry-after"] == str(settings.CHAT_OVERLOAD_RETRY_AFTER_S)
+    assert len(started) == 1  # only the request that is no turn reached Django
+    assert other.status != 503
+    assert Turn.objects.count() == 0
 
 
 def test_a_model_that_stops_answering_frees_the_turns_slot_with_a_504(token, llm_server, settings):
