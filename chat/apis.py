@@ -18,7 +18,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chat import selectors, services, tracing
-from chat.capacity import TurnSlot, turn_slots
+from chat.capacity import TurnSlot, slot_for
 from chat.models import REQUEST_ID_PATTERN, Message
 from chatproject.api import StrictSerializer, WhenField, cursor_decode, cursor_encode
 from chatproject.asyncapi import AsyncAPIView
@@ -184,7 +184,7 @@ class ChatApi(AsyncAPIView):
             request.headers.get("Accept", "")
         )
 
-        slot = turn_slots.take()
+        slot = slot_for(request)
         streaming = False  # once the stream is handed over, it gives the slot back
         try:
             claim = await db_unit(services.turn_begin)(

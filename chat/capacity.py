@@ -77,36 +77,52 @@ def _takes_turn_slot(path: str) -> bool:
     return getattr(getattr(match.func, "view_class", None), "takes_turn_slot", False)
 
 
-def refuse_when_full(app):
-    """ASGI: a chat turn that arrives while this process is full is refused before Django runs.
+def slot_for(request) -> TurnSlot:
+    """The turn's slot: the one the ASGI door took for this request, else one taken now.
 
-    The view takes the slot (after authentication); this only answers early what the view would
-    answer anyway. Under overload, every step before the view (Django's request signals and
-    authentication, each a hop to a thread) waits behind the turns in flight: a refusal made there
-    took up to 25 s at 1,000 streamed users (bench/concurrency.py); made here, it takes no thread,
-    no database and no time.
+    Raises: Overloaded.
+    """
+    scope = getattr(request, "scope", None) or {}  # ASGI requests have one; runserver's do not
+    return scope.get(SCOPE_KEY) or turn_slots.take()
+
+
+SCOPE_KEY = "chat.turn_slot"
+
+
+def refuse_when_full(app):
+    """ASGI: a chat turn takes its slot as it arrives, or is refused (503) before Django runs.
+
+    Under overload every step before the view (Django's request signals, authentication, each a
+    hop to a thread) waits behind the turns in flight: counted from the view, the turns waiting
+    there were not counted and a refusal took up to 32 s at 1,000 streamed users
+    (bench/concurrency.py). Taken here, the slot covers the whole request, and a refusal takes
+    no thread, no database and no time. The view finds the slot in the scope (`slot_for`).
     """
 
     async def guarded(scope, receive, send):
-        if (
+        if not (
             scope["type"] == "http"
             and scope["method"] == "POST"
-            and turn_slots.full
             and _takes_turn_slot(scope["path"])
         ):
-            turn_slots.refused += 1
-            exc = overloaded()
-            body = json.dumps({"error": exc.code, "detail": exc.message}).encode()
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", b"%d" % len(body)),
-            ]
-            headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
-            await send(
-                {"type": "http.response.start", "status": exc.status_code, "headers": headers}
-            )
-            await send({"type": "http.response.body", "body": body})
+            return await app(scope, receive, send)
+        try:
+            slot = turn_slots.take()
+        except Overloaded as exc:
+            await _refuse(exc, send)
             return
-        await app(scope, receive, send)
+        try:
+            await app({**scope, SCOPE_KEY: slot}, receive, send)
+        finally:
+            slot.release()
 
     return guarded
+
+
+async def _refuse(exc: Overloaded, send) -> None:
+    body = json.dumps({"error": exc.code, "detail": exc.message}).encode()
+    headers = [(b"content-type", b"application/json")]
+    headers.append((b"content-length", str(len(body)).encode()))
+    headers += [(k.lower().encode(), v.encode()) for k, v in exc.headers().items()]
+    await send({"type": "http.response.start", "status": exc.status_code, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,11 +1,15 @@
+"""The ASGI application: Django (middleware hooks inline, chatproject.middleware.ASGIHandler)
+behind a door that refuses a chat turn at once when this process is full (chat.capacity)."""
+
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatproject.settings")
-django_application = get_asgi_application()
+django.setup(set_prefix=False)  # as django.core.asgi.get_asgi_application
 
 from chat.capacity import refuse_when_full  # noqa: E402  (needs Django set up)
+from chatproject.middleware import ASGIHandler  # noqa: E402
 
-# A chat turn that arrives while this process is full is refused before Django runs (503).
+django_application = ASGIHandler()
 application = refuse_when_full(django_application)

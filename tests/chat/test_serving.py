@@ -7,7 +7,7 @@ import logging
 import time
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import SyncToAsync, async_to_sync
 from django.core.signals import request_started
 from django.db import connections
 
@@ -144,6 +144,23 @@ def test_the_chat_path_runs_no_middleware_adapted_to_sync(token, caplog, setting
     assert response.status == 200 and seed.status == 200
     adapted = [r.getMessage() for r in caplog.records if "adapted for middleware" in r.getMessage()]
     assert adapted == []
+
+
+def test_no_middleware_hook_hops_to_a_thread_on_a_chat_turn(token, monkeypatch):
+    hops = []
+    original = SyncToAsync.__init__
+
+    def spy(self, func, *args, **kwargs):
+        hops.append(getattr(func, "__qualname__", repr(func)))
+        original(self, func, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__init__", spy)
+    response = asgi_post("/api/chat/", {"message": "hi"}, token=token)
+
+    assert response.status == 200
+    hooks = ("process_request", "process_view", "process_response")
+    assert [hop for hop in hops if hop.endswith(hooks)] == []
+    assert hops  # the turn's own ORM units still run in a thread
 
 
 def test_the_llm_span_times_the_awaited_model_call(api, llm_server, get_trace):
