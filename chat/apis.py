@@ -184,7 +184,7 @@ class ChatApi(AsyncAPIView):
             request.headers.get("Accept", "")
         )
 
-        slot = slot_for(request)
+        slot = slot_for(request, streamed=wants_stream)
         streaming = False  # once the stream is handed over, it gives the slot back
         try:
             claim = await db_unit(services.turn_begin)(

@@ -63,6 +63,25 @@ def test_a_full_process_refuses_a_turn_at_the_door_before_django_runs(token, set
     assert Turn.objects.count() == 0
 
 
+def test_a_streamed_turn_counts_as_several_slots_at_the_door(token, settings):
+    gc.collect()
+    settings.CHAT_STREAM_TURN_WEIGHT = 3
+    settings.CHAT_MAX_TURNS_IN_FLIGHT = turn_slots.in_flight + 3
+    held = turn_slots.take()  # one slot taken: room for two JSON turns, not for a stream
+    try:
+        by_body = asgi_post("/api/chat/", {"message": "hi", "stream": True}, token=token)
+        by_header = asgi_post(
+            "/api/chat/", {"message": "hi"}, token=token, headers={"accept": "text/event-stream"}
+        )
+        json_turn = asgi_post("/api/chat/", {"message": "hi"}, token=token)
+    finally:
+        held.release()
+
+    assert by_body.status == 503 and by_header.status == 503
+    assert json_turn.status == 200 and json_turn.json()["response"]  # body replayed to Django
+    assert Turn.objects.count() == 1
+
+
 def test_a_model_that_stops_answering_frees_the_turns_slot_with_a_504(token, llm_server, settings):
     llm_server.mode = "slow"
     llm_server.slow_seconds = 2.0
