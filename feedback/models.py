@@ -96,3 +96,38 @@ class ReviewClaim(models.Model):
 
     def __str__(self) -> str:
         return f"Turn {self.turn_id} held by {self.reviewer} until {self.expires_at:%H:%M:%S}"
+
+
+class QueueItem(models.Model):
+    """A turn put in the review queue (by a rule, or by staff), and where its review stands.
+
+    One item per turn, whoever asks (a second rule matching the same turn queues nothing new).
+    The states are the first half of a disliked answer's lifecycle; the dataset version that
+    holds its correction and the evaluation run it passes since are the other half (`evals`).
+    """
+
+    class State(models.TextChoices):
+        NEW = "new", "New"
+        IN_REVIEW = "in_review", "In review"
+        CORRECTED = "corrected", "Corrected"
+        NOT_A_PROBLEM = "not_a_problem", "Not a problem"
+
+    turn = models.OneToOneField(Turn, on_delete=models.CASCADE, related_name="queue_item")
+    # Why it is in the queue: the rule's name, or "staff: <username>".
+    reason = models.CharField(max_length=200)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.NEW, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "created_at"], name="queue_item_open")]
+
+    def __str__(self) -> str:
+        return f"Turn {self.turn_id} queued ({self.reason}): {self.get_state_display()}"

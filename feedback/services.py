@@ -29,7 +29,7 @@ from chat.delivery import due, trace_request
 from chat.models import TraceExport, Turn
 from feedback import selectors
 from feedback.exceptions import TurnNotRateable
-from feedback.models import Feedback, ReviewClaim
+from feedback.models import Feedback, QueueItem, ReviewClaim
 
 logger = logging.getLogger(__name__)
 
@@ -412,6 +412,18 @@ def eval_dataset_export(
 
 
 # --- The review queue --------------------------------------------------------------------------
+
+
+def review_enqueue(*, turn: Turn, reason: str) -> tuple[QueueItem, bool]:
+    """Put `turn` in the review queue with `reason`; a turn already there is never queued twice.
+
+    Returns the item and whether this call created it.
+    """
+    try:
+        with transaction.atomic():
+            return QueueItem.objects.create(turn=turn, reason=reason[:200]), True
+    except IntegrityError:
+        return QueueItem.objects.get(turn=turn), False
 
 
 def review_claim_next(
