@@ -322,7 +322,26 @@ FEEDBACK_PROBE_INTERVAL_S = env.float("FEEDBACK_PROBE_INTERVAL_S", default=5.0)
 FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
 # More work the feedback worker does every FEEDBACK_PROBE_INTERVAL_S (dotted paths to functions
 # returning lines to log): finishing erasures in MLflow, so DELETE /api/me/ never calls it.
-FEEDBACK_WORKER_CHORES = ["privacy.services.erasures_finish_due"]
+FEEDBACK_WORKER_CHORES = ["privacy.services.erasures_finish_due", "privacy.retention.retention_due"]
+
+
+# --- Retention (docs/deploy.md, "Retention"); off unless set -------------------------------------
+def _days(name: str) -> int | None:
+    value = env.int(name, default=None)
+    if value is not None and value < 1:
+        raise ImproperlyConfigured(f"{name}={value}: give a number of days >= 1, or leave it unset")
+    return value
+
+
+# Traces older than this many days go: from MLflow (with their assessments and files) and the
+# app's trace rows (`chat_traceexport`), so a sampled-out turn can no longer be traced later.
+TRACE_RETENTION_DAYS = _days("TRACE_RETENTION_DAYS")
+# Conversations whose last turn is older than this many days go, with their turns, messages and
+# feedback. Their traces are trace retention's: keep this >= TRACE_RETENTION_DAYS (a check warns).
+CONVERSATION_RETENTION_DAYS = _days("CONVERSATION_RETENTION_DAYS")
+# The feedback worker starts a retention pass this often, and works through it a batch per chore.
+RETENTION_INTERVAL_S = env.float("RETENTION_INTERVAL_S", default=3600.0)
+RETENTION_BATCH = env.int("RETENTION_BATCH", default=500)
 
 # --- Review queue (admin) -------------------------------------------------------------------------
 # How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).

@@ -174,11 +174,14 @@ def _deliver_claimed(feedback_id: int, *, owner: str, now: datetime) -> str:
             known_empty=bool(first_attempt),
         )
     except (tracing.TraceNotFound, tracing.TrackingUnavailable) as exc:
+        expired = isinstance(exc, tracing.TraceNotFound) and _past_trace_retention(feedback.turn)
         state = _delivery_failed(
             feedback,
-            f"{type(exc).__name__}: {exc}",
+            f"the turn's trace is past TRACE_RETENTION_DAYS ({settings.TRACE_RETENTION_DAYS})"
+            if expired
+            else f"{type(exc).__name__}: {exc}",
             owner=owner,
-            permanent=False,
+            permanent=expired,
             steady=isinstance(exc, tracing.TraceNotFound),
         )
         # Part of the change may have been written before the error.
@@ -209,6 +212,12 @@ def _deliver_claimed(feedback_id: int, *, owner: str, now: datetime) -> str:
     # Our lease ran out and another deliverer took the row: its result is the one recorded.
     _requeue_if_overtaken(feedback.pk, owner=owner)
     return "superseded"
+
+
+def _past_trace_retention(turn: Turn) -> bool:
+    """Retention removes traces this old: one missing now is not coming back."""
+    days = settings.TRACE_RETENTION_DAYS
+    return bool(days) and turn.created_at < timezone.now() - timedelta(days=days)
 
 
 def _requeue_if_overtaken(feedback_id: int, *, owner: str) -> bool:

@@ -9,7 +9,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 
 from privacy import services
-from privacy.models import Erasure
+from privacy.models import Erasure, RetentionPass
 
 User = get_user_model()
 
@@ -111,3 +111,21 @@ class ErasureAdmin(admin.ModelAdmin):
 
     def has_finish_permission(self, request) -> bool:
         return request.user.has_perm("privacy.change_erasure")
+
+
+@admin.register(RetentionPass)
+class RetentionPassAdmin(admin.ModelAdmin):
+    """Read-only: what each pass removed (counted) and what its check found."""
+
+    list_display = ("id", "started_at", "via", "state", "removed", "remaining", "finished_at")
+    list_filter = ("state", "via", "started_at")
+    readonly_fields = [f.name for f in RetentionPass._meta.fields]
+
+    def has_add_permission(self, request) -> bool:
+        return False
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return False

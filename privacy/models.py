@@ -1,4 +1,5 @@
 from django.db import models
+from django.utils import timezone
 
 
 class Erasure(models.Model):
@@ -53,3 +54,42 @@ class Erasure(models.Model):
     @property
     def verified(self) -> bool:
         return self.state == self.State.COMPLETED
+
+
+class RetentionPass(models.Model):
+    """One pass of retention: the cut-offs it applied, what it removed (counted), and the check.
+
+    The feedback worker starts one every RETENTION_INTERVAL_S and works through it a batch per
+    chore; `manage.py apply_retention` runs one to the end. A pass is completed only when the
+    check finds nothing older than its cut-offs (MLflow search, and the database).
+    """
+
+    class State(models.TextChoices):
+        RUNNING = "running", "Running"
+        PENDING_MLFLOW = "pending_mlflow", "Pending MLflow"
+        COMPLETED = "completed", "Completed"
+
+    class Via(models.TextChoices):
+        WORKER = "worker", "Feedback worker"
+        COMMAND = "command", "manage.py apply_retention"
+
+    via = models.CharField(max_length=16, choices=Via.choices)
+    state = models.CharField(
+        max_length=16, choices=State.choices, default=State.RUNNING, db_index=True
+    )
+    started_at = models.DateTimeField(default=timezone.now, db_index=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # Older than these goes (None: that retention is off).
+    trace_cutoff = models.DateTimeField(null=True, blank=True)
+    conversation_cutoff = models.DateTimeField(null=True, blank=True)
+    # By kind: sessions, turns, messages, feedback, admin_log, trace_rows, traces, artifacts.
+    removed = models.JSONField(default=dict)
+    # The check: what was still older than the cut-offs when it ran (None: not checked yet).
+    remaining = models.JSONField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"Retention pass {self.pk} ({self.state})"

@@ -79,21 +79,21 @@ def user_erase(
         messages = Message.objects.filter(Q(turn__in=turns) | Q(session__owner_id=user_id))
         sessions = ChatSession.objects.filter(owner_id=user_id)
         # The admin's history names what it changed (a username, a message's first words).
-        admin_log = _admin_log_about(
+        admin_log = admin_log_about(
             (get_user_model(), [user_id]),
             (ChatSession, sessions.values_list("pk", flat=True)),
             (Turn, turns.values_list("pk", flat=True)),
             (Message, messages.values_list("pk", flat=True)),
             (Feedback, feedback.values_list("pk", flat=True)),
         )
-        admin_log_removed = _delete(admin_log)
+        admin_log_removed = delete_counted(admin_log)
         rows = {
-            "feedback": _delete(feedback),
-            "trace_exports": _delete(exports),
-            "messages": _delete(messages),
-            "turns": _delete(turns),
-            "sessions": _delete(sessions),
-            "users": _delete(account),
+            "feedback": delete_counted(feedback),
+            "trace_exports": delete_counted(exports),
+            "messages": delete_counted(messages),
+            "turns": delete_counted(turns),
+            "sessions": delete_counted(sessions),
+            "users": delete_counted(account),
             "admin_log": admin_log_removed,
         }
         erasure = Erasure.objects.create(
@@ -115,7 +115,7 @@ def user_erase(
     return erasure
 
 
-def _admin_log_about(*objects):
+def admin_log_about(*objects):
     """The admin's log entries about these objects ((model, ids) pairs)."""
     about = Q(pk__in=[])
     for model, ids in objects:
@@ -124,7 +124,7 @@ def _admin_log_about(*objects):
     return LogEntry.objects.filter(about)
 
 
-def _delete(queryset) -> int:
+def delete_counted(queryset) -> int:
     """Delete and count the rows of the queryset's own model (cascades are counted apart)."""
     return queryset.delete()[1].get(queryset.model._meta.label, 0)
 

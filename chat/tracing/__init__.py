@@ -10,7 +10,8 @@
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
 - `datasets`: corrected production traces as an evaluation dataset.
-- `erasure`: a person's traces and assessments removed (files included), and the check after.
+- `erasure`: a person's traces and assessments removed (files included), and the check after;
+  the traces retention removes.
 - `links`: links into the MLflow UI.
 - `errors`: what callers catch; MLflow's own exceptions never leave this package.
 """
@@ -28,6 +29,7 @@ from chat.tracing.erasure import (
     erase_assessments,
     erase_traces,
     existing_trace_ids,
+    old_trace_ids,
     remaining_assessments,
     user_trace_ids,
 )
@@ -101,6 +103,7 @@ __all__ = [
     "erase_traces",
     "existing_trace_ids",
     "experiment_trace_ids",
+    "old_trace_ids",
     "flush",
     "history_span",
     "is_ready",

@@ -220,3 +220,25 @@ def remaining_assessments(
     except Exception as exc:
         raise TrackingUnavailable(short(exc)) from exc
     return sum(len(_matching(info, source_id=source_id, key=key)) for info in infos)
+
+
+def old_trace_ids(*, before_ms: int, limit: int) -> list[str]:
+    """Up to `limit` of the app experiment's traces started before `before_ms`, oldest first.
+
+    Retention deletes these a batch at a time, and calls it once more to check none is left.
+    Raises: TrackingUnavailable.
+    """
+    exp_id = experiment_id()
+    if exp_id is None:
+        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    try:
+        page = _client().search_traces(
+            locations=[exp_id],
+            filter_string=trace_filter_string(TraceQuery(until_ms=int(before_ms))),
+            order_by=["timestamp_ms ASC"],
+            max_results=limit,
+            include_spans=False,
+        )
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+    return [trace.info.trace_id for trace in page]
