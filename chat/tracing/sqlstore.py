@@ -54,17 +54,22 @@ def start_traces(store: SqlAlchemyStore, infos: Sequence[TraceInfo]) -> dict[str
         raise ValueError(f"one experiment per batch, got {sorted(experiment_ids)}")
     experiment = store.get_experiment(experiment_ids.pop())
     store._check_experiment_is_active(experiment)
+    batch_failed = False
     try:
         existing = _insert_new(store, experiment, infos)
     except MlflowException as exc:  # the store's session wraps SQLAlchemy's errors
         if not isinstance(exc.__cause__, IntegrityError):
             raise
-        # Another writer inserted one of these meanwhile: the store's merge path, trace by trace.
+        # Another writer inserted one of these meanwhile (or a row of the batch collides some
+        # other way): the store's own path, trace by trace, for every trace of the batch.
+        batch_failed = True
         with store.ManagedSessionMaker() as session:
             existing = _stored_in(session, [info.trace_id for info in infos])
     refused = {}
     for info in infos:
         if info.trace_id not in existing:
+            if batch_failed:  # the batch's INSERTs were rolled back: nothing of it is stored
+                store.start_trace(info)
             continue
         if existing[info.trace_id] != str(experiment.experiment_id):
             refused[info.trace_id] = (

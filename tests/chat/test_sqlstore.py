@@ -199,3 +199,25 @@ def test_a_nul_in_a_preview_is_stored_as_a_replacement_character(tmp_path, recor
     if _mlflow_at_least("3.18"):  # MLflow's start_trace stores it the same way since 3.18
         _write_one_by_one(theirs, their_exp, recorded[:1])
         assert _rows(ours) == _rows(theirs)
+
+
+def test_a_batch_that_fails_on_a_colliding_row_is_not_reported_stored(tmp_path, recorded):
+    """A batch whose INSERT fails on a row collision, not a concurrent writer (here: a trace info
+    read back from a store, whose artifact location tag the batch adds again) goes trace by
+    trace through MLflow's own `start_trace`: each trace is stored or the error reaches the
+    deliverer. Before, nothing of the batch was stored and no error was raised, so the
+    deliverer marked the whole batch exported."""
+    from mlflow.exceptions import MlflowException
+
+    store, exp_id = _store(tmp_path, "collide")
+    first, *rest = recorded
+    store.start_trace(export.build(first, exp_id)[0])
+    read_back = store.get_trace_info(first["trace_id"])
+    read_back.trace_id = "tr-" + "0" * 31 + "1"
+    infos = [export.build(payload, exp_id)[0] for payload in rest] + [read_back]
+
+    with pytest.raises(MlflowException):
+        sqlstore.start_traces(store, infos)
+
+    for info in infos[:-1]:
+        assert store.get_trace_info(info.trace_id).experiment_id == exp_id
