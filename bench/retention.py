@@ -40,9 +40,7 @@ def main() -> None:
     from chat import tracing
     from tests.conftest import deliver_traces
 
-    tracing.configure(
-        tracking_uri=settings.MLFLOW_TRACKING_URI, experiment_name="bench-retention"
-    )
+    tracing.configure(tracking_uri=settings.MLFLOW_TRACKING_URI, experiment_name="bench-retention")
     user, client = token_client("bench-retention")
     started = time.perf_counter()
     new_ids = []
@@ -57,7 +55,8 @@ def main() -> None:
     assert put.status_code == 201, put.content
     deliver_traces(timeout=600)
     _deliver_feedback()
-    print(f"{args.new + 2} new turns through the API, traced ({time.perf_counter() - started:.1f} s)")
+    took = time.perf_counter() - started
+    print(f"{args.new + 2} new turns through the API, traced ({took:.1f} s)")
 
     started = time.perf_counter()
     _build_old(template=template, rated=body["trace_id"], user=user, n=args.old)
