@@ -346,6 +346,8 @@ RETENTION_BATCH = env.int("RETENTION_BATCH", default=500)
 # --- Review queue (admin) -------------------------------------------------------------------------
 # How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).
 REVIEW_CLAIM_S = env.float("REVIEW_CLAIM_S", default=300.0)
+# The agreement report marks a reviewer whose Cohen's kappa (with others, with gold) is below this.
+REVIEW_LOW_KAPPA = env.float("REVIEW_LOW_KAPPA", default=0.4)
 
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")

@@ -8,6 +8,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -17,10 +18,10 @@ from django.utils.html import format_html
 from chat import tracing
 from chat.admin import TurnAdmin
 from chat.models import Message, Turn
-from feedback import selectors, services
+from feedback import agreement, selectors, services
 from feedback.exceptions import TurnNotRateable
 from feedback.forms import ExpectedResponseForm
-from feedback.models import Feedback
+from feedback.models import Feedback, GoldItem
 from feedback.review import review_page
 
 ADMIN_DELIVERY_DEADLINE_S = 10.0
@@ -276,9 +277,42 @@ class LabelledTurnAdmin(TurnAdmin):
 
     def get_urls(self):
         review = self.admin_site.admin_view(lambda request: review_page(self, request))
-        return [path("review/", review, name="chat_turn_review"), *super().get_urls()]
+        report = self.admin_site.admin_view(lambda request: self.agreement_view(request))
+        return [
+            path("review/", review, name="chat_turn_review"),
+            path("agreement/", report, name="chat_turn_agreement"),
+            *super().get_urls(),
+        ]
+
+    def agreement_view(self, request):
+        if not self.has_label_permission(request):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Reviewer agreement",
+            "opts": self.model._meta,
+            "report": agreement.agreement_report(),
+            "low_kappa": settings.REVIEW_LOW_KAPPA,
+        }
+        return TemplateResponse(request, "admin/feedback/agreement.html", context)
 
     def has_label_permission(self, request) -> bool:
         return request.user.has_perm("feedback.add_feedback") and request.user.has_perm(
             "feedback.change_feedback"
         )
+
+
+@admin.register(GoldItem)
+class GoldItemAdmin(admin.ModelAdmin):
+    """Turns whose right label is known: mixed into the review queue, checked in the report."""
+
+    list_display = ("turn", "is_correct", "note", "created_by", "created_at")
+    list_filter = ("is_correct", "created_at")
+    search_fields = ("turn__client_request_id", "turn__trace_id", "note")
+    raw_id_fields = ("turn",)
+    readonly_fields = ("created_by", "created_at")
+
+    def save_model(self, request, obj, form, change) -> None:
+        if not change:
+            obj.created_by = request.user
+        super().save_model(request, obj, form, change)

@@ -131,3 +131,19 @@ class QueueItem(models.Model):
 
     def __str__(self) -> str:
         return f"Turn {self.turn_id} queued ({self.reason}): {self.get_state_display()}"
+
+
+class GoldItem(models.Model):
+    """A turn whose right label is known, mixed into the review queue unannounced, so each
+    reviewer's labels can be checked against it (the agreement report)."""
+
+    turn = models.OneToOneField(Turn, on_delete=models.CASCADE, related_name="gold_item")
+    is_correct = models.BooleanField(help_text="the known label: the answer is correct")
+    note = models.TextField(blank=True, help_text="why; shown in the report, never to reviewers")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"Gold: turn {self.turn_id} is {'correct' if self.is_correct else 'wrong'}"
