@@ -1,7 +1,8 @@
 """Writes: staging turns, freezing dataset versions, moving named tags.
 
 A version is made in one transaction, under a lock on its dataset row, so two staff freezing at
-once get versions N+1 and N+2, never two N+1. Nothing here calls MLflow (see `evals.sync`).
+once get versions N+1 and N+2, never two N+1. Only `dataset_sync` calls MLflow (through
+`chat.tracing`), and only from the `datasets sync` command.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ from dataclasses import dataclass
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
 
+from chat import tracing
 from chat.models import Turn
 from evals import selectors
 from evals.exceptions import DatasetNotFound, NothingToFreeze
-from evals.models import Dataset, DatasetRecord, DatasetStage, DatasetTag, DatasetVersion
+from evals.models import (
+    Dataset,
+    DatasetRecord,
+    DatasetStage,
+    DatasetSync,
+    DatasetTag,
+    DatasetVersion,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -212,3 +221,81 @@ def dataset_tag_delete(*, tag: DatasetTag, deleted_by: AbstractBaseUser | None) 
         getattr(deleted_by, "pk", None),
     )
     tag.delete()
+
+
+# --- MLflow copy (a command's job: needs the full MLflow package, never on a request) ----------
+
+
+@dataclass(frozen=True)
+class VersionSyncResult:
+    version: DatasetVersion
+    mlflow_name: str
+    records: int
+    merged: bool  # records were written this time (not only tags)
+
+
+def dataset_sync(
+    *, dataset: Dataset, progress: Callable[[str], None] | None = None
+) -> list[VersionSyncResult]:
+    """Copy every version of `dataset` to MLflow (one evaluation dataset per version) and mirror
+    where its named tags point now. Versions already there get only their tags checked.
+
+    Raises: tracing.TrackingUnavailable (what was synced before stays recorded).
+    """
+    tags_by_version: dict[int, list[str]] = {}
+    for name, version_id in dataset.tags.values_list("name", "version_id"):
+        tags_by_version.setdefault(version_id, []).append(name)
+    done = []
+    for version in dataset.versions.order_by("number"):
+        named = sorted(tags_by_version.get(version.pk, []))
+        sync = DatasetSync.objects.filter(version=version).first()
+        if sync and sync.records and sync.tags == named:
+            done.append(VersionSyncResult(version, sync.mlflow_name, sync.records, False))
+            continue
+        records = [] if sync and sync.records else _version_records(version)
+
+        def merged(n: int, of: int, version=version) -> None:
+            if progress:
+                progress(f"  {version}: merged {n}/{of} records")
+
+        synced = tracing.sync_dataset_version(
+            dataset=dataset.name,
+            number=version.number,
+            records=records,
+            named_tags=named,
+            dataset_id=sync.mlflow_dataset_id if sync else "",
+            progress=merged,
+        )
+        DatasetSync.objects.update_or_create(
+            version=version,
+            defaults={
+                "mlflow_dataset_id": synced.dataset_id,
+                "mlflow_name": synced.name,
+                "records": synced.records,
+                "tags": named,
+            },
+        )
+        logger.info(
+            "dataset version synced version=%s mlflow_dataset_id=%s records=%s tags=%s",
+            version,
+            synced.dataset_id,
+            synced.records,
+            ",".join(named),
+        )
+        done.append(VersionSyncResult(version, synced.name, synced.records, bool(records)))
+    return done
+
+
+def _version_records(version: DatasetVersion) -> list[tracing.VersionRecord]:
+    return [
+        tracing.VersionRecord(
+            key=r.key,
+            messages=r.inputs,
+            expectation=r.expectation,
+            trace_id=r.trace_id,
+            turn_id=r.turn_id,
+            corrected_by=r.corrected_by_id,
+            corrected_at=r.corrected_at.isoformat() if r.corrected_at else "",
+        )
+        for r in version.records.order_by("id")
+    ]

@@ -9,7 +9,8 @@
 - `export`: writing recorded traces to MLflow, complete and idempotent (the delivery process).
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
-- `datasets`: corrected production traces as an evaluation dataset.
+- `datasets`: corrected production traces as an evaluation dataset; frozen dataset versions
+  (the `evals` app) as MLflow evaluation datasets, one per version.
 - `erasure`: a person's traces and assessments removed (files included), and the check after.
 - `links`: links into the MLflow UI.
 - `errors`: what callers catch; MLflow's own exceptions never leave this package.
@@ -22,7 +23,13 @@ from chat.tracing.assessments import (
     sync_assessments,
 )
 from chat.tracing.context import CallerContext, caller_context, passed_on
-from chat.tracing.datasets import merge_into_eval_dataset
+from chat.tracing.datasets import (
+    VersionRecord,
+    VersionSynced,
+    merge_into_eval_dataset,
+    sync_dataset_version,
+    version_dataset_name,
+)
 from chat.tracing.erasure import (
     TracesErased,
     erase_assessments,
@@ -90,6 +97,8 @@ __all__ = [
     "TrackingUnavailable",
     "TurnTrace",
     "UnsafeFilterValue",
+    "VersionRecord",
+    "VersionSynced",
     "assessments_by_trace",
     "caller_context",
     "complete_payload",
@@ -113,6 +122,7 @@ __all__ = [
     "sample_ratio",
     "search_traces",
     "session_ui_url",
+    "sync_dataset_version",
     "sync_assessments",
     "trace_filter_string",
     "trace_link_html",
@@ -124,5 +134,6 @@ __all__ = [
     "turn_trace",
     "ui_link_html",
     "user_trace_ids",
+    "version_dataset_name",
     "write_traces",
 ]

@@ -1,6 +1,7 @@
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
+from chat import tracing
 from chat.models import Turn
 from chatproject.commands import parse_when
 from evals import selectors, services
@@ -154,4 +155,25 @@ class Command(BaseCommand):
             self.stdout.write(f"    now:    {_clip(after.expectation)}")
 
     def _sync(self, opts) -> None:
-        raise CommandError("sync is not available yet")
+        from evals.models import Dataset
+
+        if not tracing.is_ready():
+            raise CommandError("MLflow is not reachable (see MLFLOW_TRACKING_URI); nothing synced")
+        chosen = (
+            [selectors.dataset_get(name=opts["name"])] if opts["name"] else Dataset.objects.all()
+        )
+        for dataset in chosen:
+            try:
+                results = services.dataset_sync(dataset=dataset, progress=self.stdout.write)
+            except tracing.TrackingUnavailable as exc:
+                raise CommandError(f"MLflow failed during the sync of {dataset}: {exc}") from exc
+            for r in results:
+                state = "written" if r.merged else "up to date"
+                self.stdout.write(
+                    f"{r.version} → MLflow dataset {r.mlflow_name!r}: {r.records} records ({state})"
+                )
+                if r.records < r.version.record_count:
+                    self.stdout.write(
+                        f"  {r.version.record_count - r.records} record(s) share their inputs "
+                        "with another and are one record in MLflow"
+                    )

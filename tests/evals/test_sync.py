@@ -1,0 +1,59 @@
+"""Frozen versions copied to MLflow's evaluation datasets (real MLflow store)."""
+
+import mlflow.genai.datasets
+import pytest
+from django.core.management import call_command
+
+from evals import services
+from evals.models import Dataset, DatasetSync
+from tests.factories import FeedbackFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def test_each_version_becomes_an_mlflow_dataset_with_its_records_and_tags(
+    corrected, follow_up, staff, mlflow_experiment, capsys
+):
+    first = corrected("How do I reset?", "Use the reset link.")
+    first.trace_id = "tr-1"
+    first.save()
+    services.dataset_stage(dataset_name="support", turn=first, reason="r")
+    call_command("datasets", "freeze", "support")
+    second = follow_up(first, question="And if it expired?")
+    FeedbackFactory(turn=second, user=staff, is_correct=False, expected_response="Ask again.")
+    services.dataset_stage(dataset_name="support", turn=second, reason="r")
+    call_command("datasets", "freeze", "support")
+    call_command("datasets", "tag", "support", "prod", "v1")
+    call_command("datasets", "tag", "support", "candidate", "v2")
+
+    call_command("datasets", "sync", "support")
+
+    v1 = mlflow.genai.datasets.get_dataset(name="support@v1")
+    v2 = mlflow.genai.datasets.get_dataset(name="support@v2")
+    assert v1.tags["dataset"] == "support" and v1.tags["version"] == "1"
+    assert v1.tags["tag.prod"] == "true" and "tag.candidate" not in v1.tags
+    assert v2.tags["tag.candidate"] == "true" and v2.tags["version"] == "2"
+    rows = v1.to_df()
+    assert len(rows) == 1
+    record = rows.iloc[0]
+    assert record["inputs"] == {"messages": [{"role": "user", "content": "How do I reset?"}]}
+    assert record["expectations"] == {"expected_response": "Use the reset link."}
+    assert record["source"].source_data["trace_id"] == "tr-1"
+    assert record["tags"]["record_key"] == f"turn:{first.pk}"
+    assert sorted(r["expected_response"] for r in v2.to_df()["expectations"]) == [
+        "Ask again.",
+        "Use the reset link.",
+    ]
+
+    # The tag moves: the next sync moves it in MLflow too, and writes no record again.
+    call_command("datasets", "tag", "support", "prod", "v2")
+    call_command("datasets", "sync")
+    out = capsys.readouterr().out
+    assert "support@v1 → MLflow dataset 'support@v1': 1 records (written)" in out
+    assert "support@v1 → MLflow dataset 'support@v1': 1 records (up to date)" in out
+    assert "tag.prod" not in mlflow.genai.datasets.get_dataset(name="support@v1").tags
+    v2 = mlflow.genai.datasets.get_dataset(name="support@v2")
+    assert v2.tags["tag.prod"] == "true"
+    assert len(v2.to_df()) == 2
+    assert DatasetSync.objects.count() == 2
+    assert Dataset.objects.get().versions.count() == 2
