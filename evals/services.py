@@ -7,17 +7,23 @@ once get versions N+1 and N+2, never two N+1. Only `dataset_sync` calls MLflow (
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from chat import tracing
+from chat.exceptions import LLMTimeout, LLMUnavailable
+from chat.llm import ChatMessage, get_chat_model
 from chat.models import Turn
-from evals import selectors
+from evals import scoring, selectors
 from evals.exceptions import DatasetNotFound, NothingToFreeze
 from evals.models import (
     Dataset,
@@ -26,6 +32,8 @@ from evals.models import (
     DatasetSync,
     DatasetTag,
     DatasetVersion,
+    EvaluationResult,
+    EvaluationRun,
 )
 
 logger = logging.getLogger(__name__)
@@ -299,3 +307,269 @@ def _version_records(version: DatasetVersion) -> list[tracing.VersionRecord]:
         )
         for r in version.records.order_by("id")
     ]
+
+
+# --- Evaluation ----------------------------------------------------------------------------------
+
+DECIDED_BY = ("match", "judge", "either")
+
+
+@dataclass(frozen=True)
+class _Scored:
+    record_id: int
+    key: str
+    output: str
+    match: scoring.Match | None
+    verdict: scoring.Verdict | None
+    error: str = ""
+
+
+@dataclass
+class EvaluationOutcome:
+    run: EvaluationRun
+    previous: EvaluationRun | None
+    newly_failing: list[DatasetRecord]
+    newly_passing: list[DatasetRecord]
+    judge_skipped: str  # why the judge did not run ("" when it did)
+    mlflow_error: str  # why the MLflow run is missing ("" when it was logged)
+
+
+def evaluation_run(
+    *,
+    version: DatasetVersion,
+    asked_as: str = "",
+    system_prompt: str | None = None,
+    use_judge: bool | None = None,
+    decide_by: str = "match",
+    threshold: float | None = None,
+    concurrency: int | None = None,
+    progress: Progress | None = None,
+) -> EvaluationOutcome:
+    """Run the assistant as configured (LLM_SYSTEM_PROMPT, or `system_prompt`, and the chat model
+    seam) over `version`'s records, score each answer, store the run and log it to MLflow.
+
+    A regression (a record that passed in the previous completed run on this version fails now,
+    or a lower pass rate) is recorded on the run; the command turns it into its exit status.
+    Raises: ValueError (a judge asked to decide with no model configured).
+    """
+    model = get_chat_model()
+    system_prompt = settings.LLM_SYSTEM_PROMPT if system_prompt is None else system_prompt
+    threshold = settings.EVAL_MATCH_THRESHOLD if threshold is None else threshold
+    concurrency = concurrency or settings.EVAL_CONCURRENCY
+    if decide_by not in DECIDED_BY:
+        raise ValueError(f"decide_by {decide_by!r}: one of {', '.join(DECIDED_BY)}")
+    judge_skipped = ""
+    if not settings.LLM_BASE_URL:
+        judge_skipped = "no model configured (LLM_BASE_URL is empty): the local responder"
+    elif use_judge is False or (use_judge is None and not settings.EVAL_JUDGE):
+        judge_skipped = "turned off (EVAL_JUDGE=false or --no-judge)"
+    if judge_skipped and decide_by != "match":
+        raise ValueError(f"--decide-by {decide_by} needs the LLM judge, which is {judge_skipped}")
+    records = list(version.records.only("id", "key", "inputs", "expectation").order_by("id"))
+    run = EvaluationRun.objects.create(
+        version=version,
+        asked_as=asked_as,
+        app_version=settings.APP_VERSION,
+        model=model.model,
+        system_prompt=system_prompt,
+        system_prompt_sha256=hashlib.sha256(system_prompt.encode()).hexdigest(),
+        judge_model="" if judge_skipped else model.model,
+        records=len(records),
+    )
+    try:
+        scored = asyncio.run(
+            _score_all(
+                records,
+                model=model,
+                system_prompt=system_prompt,
+                judge=not judge_skipped,
+                threshold=threshold,
+                concurrency=concurrency,
+                progress=progress,
+            )
+        )
+    except BaseException:
+        EvaluationRun.objects.filter(pk=run.pk).update(
+            state=EvaluationRun.State.FAILED, finished_at=timezone.now()
+        )
+        raise
+    results = [
+        EvaluationResult(
+            run=run,
+            record_id=s.record_id,
+            passed=_passed(s, decide_by),
+            output=s.output,
+            score=s.match.score if s.match else 0.0,
+            exact=bool(s.match and s.match.exact),
+            judge_passed=s.verdict.passed if s.verdict else None,
+            judge_rationale=s.verdict.rationale if s.verdict else "",
+            error=s.error,
+        )
+        for s in scored
+    ]
+    EvaluationResult.objects.bulk_create(results, batch_size=500)
+    by_id = {r.pk: r for r in records}
+    run.passed = sum(r.passed for r in results)
+    run.errors = sum(bool(r.error) for r in results)
+    run.judged_passed = None if judge_skipped else sum(r.judge_passed is True for r in results)
+    run.previous = selectors.run_previous(run=run)
+    newly_failing, newly_passing = [], []
+    if run.previous is not None:
+        before = selectors.run_outcomes(run=run.previous)
+        for result in results:
+            record = by_id[result.record_id]
+            was = before.get(record.key)
+            if was and not result.passed:
+                newly_failing.append(record)
+            elif was is False and result.passed:
+                newly_passing.append(record)
+        lower = (run.pass_rate or 0) < (run.previous.pass_rate or 0)
+        run.regression = bool(newly_failing) or lower
+    run.newly_failing, run.newly_passing = len(newly_failing), len(newly_passing)
+    # A model that answered nothing is an outage, not a verdict on the prompt.
+    all_errors = bool(records) and run.errors == len(records)
+    run.state = EvaluationRun.State.FAILED if all_errors else EvaluationRun.State.COMPLETED
+    run.finished_at = timezone.now()
+    run.save()
+    mlflow_error = ""
+    try:
+        run.mlflow_run_id = tracing.log_evaluation_run(_mlflow_log(run, scored, by_id, decide_by))
+        run.save(update_fields=["mlflow_run_id"])
+    except tracing.TrackingUnavailable as exc:
+        mlflow_error = str(exc)
+    logger.info(
+        "evaluation run run=%s version=%s passed=%s records=%s errors=%s regression=%s "
+        "app_version=%s prompt_sha256=%s mlflow_run=%s",
+        run.pk,
+        version,
+        run.passed,
+        run.records,
+        run.errors,
+        run.regression,
+        run.app_version,
+        run.system_prompt_sha256[:12],
+        run.mlflow_run_id or "-",
+    )
+    return EvaluationOutcome(
+        run=run,
+        previous=run.previous,
+        newly_failing=newly_failing,
+        newly_passing=newly_passing,
+        judge_skipped=judge_skipped,
+        mlflow_error=mlflow_error,
+    )
+
+
+def _passed(scored: _Scored, decide_by: str) -> bool:
+    if scored.error or scored.match is None:
+        return False
+    judged = bool(scored.verdict and scored.verdict.passed)
+    if decide_by == "judge":
+        return judged
+    if decide_by == "either":
+        return scored.match.passed or judged
+    return scored.match.passed
+
+
+async def _score_all(
+    records: list[DatasetRecord],
+    *,
+    model,
+    system_prompt: str,
+    judge: bool,
+    threshold: float,
+    concurrency: int,
+    progress: Progress | None,
+) -> list[_Scored]:
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(record: DatasetRecord) -> _Scored:
+        messages = [
+            ChatMessage("system", system_prompt),
+            *(ChatMessage(m["role"], m["content"]) for m in record.inputs),
+        ]
+        async with gate:
+            try:
+                reply = await model.complete(messages)
+            except (LLMTimeout, LLMUnavailable) as exc:
+                return _Scored(record.pk, record.key, "", None, None, error=str(exc))
+            output = reply.content
+            match = scoring.match_expected(
+                output=output, expected=record.expectation, threshold=threshold
+            )
+            verdict = None
+            if judge:
+                try:
+                    verdict = await scoring.judge(
+                        model=model,
+                        question=record.question,
+                        expected=record.expectation,
+                        output=output,
+                    )
+                except (LLMTimeout, LLMUnavailable) as exc:
+                    verdict = scoring.Verdict(passed=None, rationale=f"the judge failed: {exc}")
+        return _Scored(record.pk, record.key, output, match, verdict)
+
+    scored: list[_Scored] = []
+    every = max(1, len(records) // 10)
+    for task in asyncio.as_completed([one(r) for r in records]):
+        scored.append(await task)
+        if progress and (len(scored) % every == 0 or len(scored) == len(records)):
+            progress(len(scored), len(records))
+    return scored
+
+
+def _mlflow_log(run: EvaluationRun, scored, by_id, decide_by: str) -> tracing.EvaluationLog:
+    version = run.version
+    sync = DatasetSync.objects.filter(version=version).first()
+    outcome = {r.record_id: r for r in run.results.all()}
+    rows = sorted(scored, key=lambda s: s.record_id)
+    metrics = {
+        "records": run.records,
+        "passed": run.passed,
+        "pass_rate": run.pass_rate or 0.0,
+        "errors": run.errors,
+        "exact_matches": sum(bool(s.match and s.match.exact) for s in rows),
+        "mean_match_score": (
+            round(sum(s.match.score for s in rows if s.match) / len(rows), 4) if rows else 0.0
+        ),
+        "newly_failing": run.newly_failing,
+        "newly_passing": run.newly_passing,
+    }
+    if run.judged_passed is not None:
+        metrics["judge_pass_rate"] = round(run.judged_passed / run.records, 4) if rows else 0.0
+    return tracing.EvaluationLog(
+        run_name=f"evaluate {version} ({run.app_version})",
+        params={
+            "dataset": version.dataset.name,
+            "dataset_version": str(version.number),
+            "dataset_ref": str(version),
+            "asked_as": run.asked_as or "-",
+            "app_version": run.app_version,
+            "model": run.model,
+            "judge_model": run.judge_model or "-",
+            "system_prompt_sha256": run.system_prompt_sha256,
+            "decide_by": decide_by,
+            "match_threshold": str(settings.EVAL_MATCH_THRESHOLD),
+            "previous_run": str(run.previous_id or "-"),
+        },
+        tags={
+            "chat.evaluation_run": str(run.pk),
+            "dataset": version.dataset.name,
+            "dataset_version": str(version.number),
+            "app_version": run.app_version,
+            "regression": str(run.regression).lower(),
+        },
+        metrics=metrics,
+        table={
+            "record_key": [s.key for s in rows],
+            "question": [by_id[s.record_id].question for s in rows],
+            "expected": [by_id[s.record_id].expectation for s in rows],
+            "output": [s.output for s in rows],
+            "passed": [outcome[s.record_id].passed for s in rows],
+            "match_score": [s.match.score if s.match else 0.0 for s in rows],
+            "judge": [None if not s.verdict else s.verdict.passed for s in rows],
+            "error": [s.error for s in rows],
+        },
+        dataset_id=sync.mlflow_dataset_id if sync else "",
+    )

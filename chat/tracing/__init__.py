@@ -11,6 +11,7 @@
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
 - `datasets`: corrected production traces as an evaluation dataset; frozen dataset versions
   (the `evals` app) as MLflow evaluation datasets, one per version.
+- `evaluation`: an evaluation run over a dataset version, as an MLflow run.
 - `erasure`: a person's traces and assessments removed (files included), and the check after.
 - `links`: links into the MLflow UI.
 - `errors`: what callers catch; MLflow's own exceptions never leave this package.
@@ -39,6 +40,7 @@ from chat.tracing.erasure import (
     user_trace_ids,
 )
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, UnsafeFilterValue
+from chat.tracing.evaluation import EvaluationLog, log_evaluation_run, run_ui_url
 from chat.tracing.export import (
     delete_traces,
     experiment_trace_ids,
@@ -84,6 +86,7 @@ __all__ = [
     "USERNAME_KEY",
     "WRITTEN_LATE_TAG",
     "CallerContext",
+    "EvaluationLog",
     "ORDERINGS",
     "SAFE_KEY",
     "SAFE_VALUE",
@@ -114,11 +117,13 @@ __all__ = [
     "history_span",
     "is_ready",
     "llm_span",
+    "log_evaluation_run",
     "merge_into_eval_dataset",
     "message_refs",
     "new_trace_id",
     "passed_on",
     "remaining_assessments",
+    "run_ui_url",
     "sample_ratio",
     "search_traces",
     "session_ui_url",
