@@ -187,6 +187,27 @@ class Lifecycle:
     passing_since: EvaluationRun | None = None  # set when the latest run passed
     failing_since: EvaluationRun | None = None  # set when the latest run failed
 
+    def as_dict(self) -> dict:
+        """Plain values, for an API or a report row."""
+
+        def run(r):
+            return (
+                {"id": r.pk, "version": str(r.version), "app_version": r.app_version} if r else None
+            )
+
+        return {
+            "stage": self.stage,
+            "label": self.label,
+            "queue_state": self.queue_state,
+            "queue_reason": self.queue_reason,
+            "corrected": self.corrected,
+            "first_version": str(self.first_version) if self.first_version else None,
+            "staged_in": list(self.staged_in),
+            "latest_run": run(self.latest_run),
+            "passing_since": run(self.passing_since),
+            "failing_since": run(self.failing_since),
+        }
+
     @property
     def label(self) -> str:
         """One line for a page: "passing since run 12 (chat@v2)", "in review", ..."""
@@ -231,8 +252,11 @@ def turn_lifecycle(*, turn: Turn) -> Lifecycle:
         stage = "passing" if passing else "failing"
     elif first is not None:
         stage = "in dataset"
+    elif corrected and (item is None or item.state != QueueItem.State.NOT_A_PROBLEM):
+        # A staff correction is the step, whether or not the queue item was closed yet.
+        stage = "corrected"
     elif item is None:
-        stage = "corrected" if corrected else "not queued"
+        stage = "not queued"
     else:
         stage = item.get_state_display().lower()
     return Lifecycle(
