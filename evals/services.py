@@ -365,7 +365,7 @@ def evaluation_run(
         judge_skipped = "turned off (EVAL_JUDGE=false or --no-judge)"
     if judge_skipped and decide_by != "match":
         raise ValueError(f"--decide-by {decide_by} needs the LLM judge, which is {judge_skipped}")
-    records = list(version.records.only("id", "key", "inputs", "expectation").order_by("id"))
+    records = list(version.records.order_by("id"))
     run = EvaluationRun.objects.create(
         version=version,
         asked_as=asked_as,

@@ -125,14 +125,18 @@ def sync_dataset_version(
     wanted = {VERSION_TAG_PREFIX + tag: "true" for tag in named_tags}
     try:
         found = None
-        for lookup in ({"dataset_id": dataset_id} if dataset_id else None, {"name": name}):
-            if lookup is None:
-                continue
+        if dataset_id:
             try:
-                found = datasets.get_dataset(**lookup)
-                break
+                found = datasets.get_dataset(dataset_id=dataset_id)
             except MlflowException:
-                continue
+                found = None  # deleted in MLflow, or another store: found by name or made again
+        if found is None:
+            # By name within this app's experiment: another deployment sharing the tracking
+            # server may have a dataset of the same name.
+            same = datasets.search_datasets(
+                experiment_ids=[exp_id], filter_string=f"name = '{_quoted(name)}'"
+            )
+            found = same[0] if same else None
         if found is None:
             found = datasets.create_dataset(
                 name=name,
@@ -159,6 +163,12 @@ def sync_dataset_version(
         raise
     except Exception as exc:
         raise TrackingUnavailable(short(exc)) from exc
+
+
+def _quoted(value: str) -> str:
+    if "'" in value or "\\" in value:
+        raise TrackingUnavailable(f"dataset name {value!r}: quotes are not allowed")
+    return value
 
 
 def _record(record: VersionRecord) -> dict:

@@ -11,6 +11,14 @@ from tests.factories import FeedbackFactory
 pytestmark = pytest.mark.django_db
 
 
+def in_mlflow(experiment_id: str, name: str):
+    """The dataset of that name in this test's experiment (other tests' share the store)."""
+    [found] = mlflow.genai.datasets.search_datasets(
+        experiment_ids=[experiment_id], filter_string=f"name = '{name}'"
+    )
+    return found
+
+
 def test_each_version_becomes_an_mlflow_dataset_with_its_records_and_tags(
     corrected, follow_up, staff, mlflow_experiment, capsys
 ):
@@ -28,8 +36,8 @@ def test_each_version_becomes_an_mlflow_dataset_with_its_records_and_tags(
 
     call_command("datasets", "sync", "support")
 
-    v1 = mlflow.genai.datasets.get_dataset(name="support@v1")
-    v2 = mlflow.genai.datasets.get_dataset(name="support@v2")
+    v1 = in_mlflow(mlflow_experiment, "support@v1")
+    v2 = in_mlflow(mlflow_experiment, "support@v2")
     assert v1.tags["dataset"] == "support" and v1.tags["version"] == "1"
     assert v1.tags["tag.prod"] == "true" and "tag.candidate" not in v1.tags
     assert v2.tags["tag.candidate"] == "true" and v2.tags["version"] == "2"
@@ -51,8 +59,8 @@ def test_each_version_becomes_an_mlflow_dataset_with_its_records_and_tags(
     out = capsys.readouterr().out
     assert "support@v1 → MLflow dataset 'support@v1': 1 records (written)" in out
     assert "support@v1 → MLflow dataset 'support@v1': 1 records (up to date)" in out
-    assert "tag.prod" not in mlflow.genai.datasets.get_dataset(name="support@v1").tags
-    v2 = mlflow.genai.datasets.get_dataset(name="support@v2")
+    assert "tag.prod" not in in_mlflow(mlflow_experiment, "support@v1").tags
+    v2 = in_mlflow(mlflow_experiment, "support@v2")
     assert v2.tags["tag.prod"] == "true"
     assert len(v2.to_df()) == 2
     assert DatasetSync.objects.count() == 2
