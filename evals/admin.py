@@ -1,5 +1,6 @@
 """Datasets in the admin: versions and records read-only, tags moved through the service, a diff
-page, freezing the next version as an action; evaluation runs and results read-only.
+page, freezing the next version as an action; evaluation runs and results read-only; and
+"Add to dataset…" on turns (attached to whichever Turn admin is registered, as feedback's is).
 """
 
 from django import forms
@@ -9,8 +10,10 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from chat.models import Turn
 from evals import selectors, services
 from evals.exceptions import EvalsError
+from evals.forms import AddToDatasetForm
 from evals.models import (
     Dataset,
     DatasetRecord,
@@ -272,3 +275,64 @@ class EvaluationRunAdmin(ReadOnly, admin.ModelAdmin):
     ]
     fields = readonly_fields
     inlines = [ResultInline]
+
+
+@admin.action(description="Add to dataset…")
+def add_to_dataset(modeladmin, request, queryset):
+    """Stage the selected turns for a dataset's next version, and freeze it if asked.
+
+    Needs the `evals.add_datasetstage` permission (and `evals.add_datasetversion` to freeze).
+    """
+    if not request.user.has_perm("evals.add_datasetstage"):
+        modeladmin.message_user(request, "You may not add turns to datasets.", messages.ERROR)
+        return None
+    if "apply" in request.POST:
+        form = AddToDatasetForm(request.POST)
+        if form.is_valid():
+            name = form.cleaned_data["dataset"]
+            reason = f"staff: {request.user.get_username()}"
+            staged = sum(
+                services.dataset_stage(dataset_name=name, turn=turn, reason=reason)
+                for turn in queryset
+            )
+            text = f"{staged} turn(s) staged for {name} ({queryset.count() - staged} already were)"
+            level = messages.SUCCESS
+            if form.cleaned_data["freeze"] and not request.user.has_perm(
+                "evals.add_datasetversion"
+            ):
+                text += "; no version made (you may not freeze versions)"
+                level = messages.WARNING
+            elif form.cleaned_data["freeze"]:
+                try:
+                    made = services.dataset_version_create(
+                        dataset=selectors.dataset_get(name=name), created_by=request.user
+                    )
+                    text += (
+                        f"; {made.version} frozen with {made.version.record_count} records "
+                        f"({made.added} added, {made.changed} changed)"
+                    )
+                    if made.waiting:
+                        text += f", {made.waiting} staged turn(s) wait for a staff correction"
+                except EvalsError as exc:
+                    text += f"; no version made: {exc}"
+                    level = messages.WARNING
+            modeladmin.message_user(request, text + ".", level)
+            return None
+    else:
+        form = AddToDatasetForm(selected=queryset.values_list("pk", flat=True))
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": "Add to dataset",
+        "form": form,
+        "count": queryset.count(),
+        "corrected": len(
+            selectors.staff_corrections(turn_ids=queryset.values_list("pk", flat=True))
+        ),
+        "opts": modeladmin.model._meta,
+    }
+    return TemplateResponse(request, "admin/evals/add_to_dataset.html", context)
+
+
+_turn_admin = admin.site._registry.get(Turn)
+if _turn_admin is not None and add_to_dataset not in (_turn_admin.actions or ()):
+    _turn_admin.actions = [*(_turn_admin.actions or ()), add_to_dataset]

@@ -35,6 +35,7 @@ from evals.models import (
     EvaluationResult,
     EvaluationRun,
 )
+from feedback.models import QueueItem
 
 logger = logging.getLogger(__name__)
 
@@ -169,8 +170,6 @@ def _record_fields(turn: Turn, correction) -> dict:
 
 
 def _queue_item_id(turn: Turn) -> int | None:
-    from feedback.models import QueueItem
-
     return QueueItem.objects.filter(turn=turn).values_list("pk", flat=True).first()
 
 

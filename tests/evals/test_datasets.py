@@ -206,3 +206,31 @@ def test_the_admin_diff_page_and_tag_move(admin_client, corrected, staff):
     record = v2.records.first()
     assert admin_client.post(f"/admin/evals/datasetrecord/{record.pk}/delete/").status_code == 403
     assert admin_client.get(f"/admin/evals/datasetversion/{v2.pk}/change/").status_code == 200
+
+
+def test_add_to_dataset_on_the_turns_admin_stages_and_freezes(admin_client, corrected):
+    fixed = corrected("a?", "A.")
+    plain, _ = answered_turn()
+    selected = [fixed.pk, plain.pk]
+    page = admin_client.post(
+        "/admin/chat/turn/", {"action": "add_to_dataset", "_selected_action": selected}
+    )
+    assert "1 of the 2 selected turn(s) have a staff correction" in page.content.decode()
+
+    response = admin_client.post(
+        "/admin/chat/turn/",
+        {
+            "action": "add_to_dataset",
+            "_selected_action": selected,
+            "dataset": "support",
+            "freeze": "on",
+            "apply": "1",
+        },
+        follow=True,
+    )
+
+    text = response.content.decode()
+    assert "2 turn(s) staged for support (0 already were)" in text
+    assert "support@v1 frozen with 1 records (1 added, 0 changed)" in text
+    assert "1 staged turn(s) wait for a staff correction" in text
+    assert list(DatasetStage.objects.values_list("turn_id", flat=True)) == [plain.pk]
