@@ -63,7 +63,8 @@ class Command(BaseCommand):
             version, asked_as = selectors.version_resolve(ref=opts["dataset"])
         except EvalsError as exc:
             raise CommandError(str(exc)) from exc
-        shown = f"{version} ({opts['dataset']})" if asked_as and asked_as[0] != "v" else version
+        by_tag = asked_as and not selectors.VERSION_REF.match(asked_as)
+        shown = f"{version} ({opts['dataset']})" if by_tag else version
         self.stdout.write(f"evaluating {shown}: {version.record_count} records")
         started = time.monotonic()
 
