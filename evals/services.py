@@ -119,24 +119,27 @@ def dataset_version_create(
         for key, new in fresh.items():
             added += 1
             records.append(DatasetRecord(key=key, **new))
-        if previous is not None and not (added or changed or remove):
+        consumed = [s.pk for s in staged if s.turn_id in corrections]
+        # Staged turns already in N as they are were dealt with, even when no version is made.
+        DatasetStage.objects.filter(pk__in=consumed).delete()
+        nothing_new = not (added or changed or remove)
+        if not nothing_new:
+            version = DatasetVersion.objects.create(
+                dataset=dataset,
+                number=(previous.number + 1) if previous else 1,
+                created_by=created_by,
+                note=note,
+                record_count=len(records),
+            )
+            for record in records:
+                record.version = version
+            DatasetRecord.objects.bulk_create(records, batch_size=500)
+    if nothing_new:
+        if previous is not None:
             raise NothingToFreeze(
                 f"{previous} already holds every corrected staged turn; nothing to freeze"
             )
-        if previous is None and not records:
-            raise NothingToFreeze(f"no staged turn of {dataset} has a staff correction yet")
-        version = DatasetVersion.objects.create(
-            dataset=dataset,
-            number=(previous.number + 1) if previous else 1,
-            created_by=created_by,
-            note=note,
-            record_count=len(records),
-        )
-        for record in records:
-            record.version = version
-        DatasetRecord.objects.bulk_create(records, batch_size=500)
-        consumed = [s.pk for s in staged if s.turn_id in corrections]
-        DatasetStage.objects.filter(pk__in=consumed).delete()
+        raise NothingToFreeze(f"no staged turn of {dataset} has a staff correction yet")
     waiting = len(staged) - len(consumed)
     logger.info(
         "dataset version made version=%s records=%s added=%s changed=%s removed=%s waiting=%s",

@@ -80,11 +80,17 @@ def test_staged_turns_without_a_staff_correction_stay_staged(corrected):
 
 
 def test_nothing_new_to_freeze_is_refused(corrected):
-    services.dataset_stage(dataset_name="support", turn=corrected(), reason="r")
+    turn = corrected()
+    services.dataset_stage(dataset_name="support", turn=turn, reason="r")
     freeze()
     with pytest.raises(NothingToFreeze):
         freeze()
+    # Staged again with the same correction: refused, and no longer staged (it is in v1).
+    services.dataset_stage(dataset_name="support", turn=turn, reason="again")
+    with pytest.raises(NothingToFreeze, match="support@v1 already holds"):
+        freeze()
     assert DatasetVersion.objects.count() == 1
+    assert not DatasetStage.objects.exists()
 
 
 def test_a_frozen_version_and_its_records_refuse_every_change(corrected):
