@@ -1,11 +1,13 @@
 """Frozen versions copied to MLflow's evaluation datasets (real MLflow store)."""
 
+import mlflow
 import mlflow.genai.datasets
 import pytest
 from django.core.management import call_command
 
+from chat import tracing
 from evals import services
-from evals.models import Dataset, DatasetSync
+from evals.models import Dataset, DatasetSync, EvaluationRun
 from tests.factories import FeedbackFactory
 
 pytestmark = pytest.mark.django_db
@@ -65,3 +67,26 @@ def test_each_version_becomes_an_mlflow_dataset_with_its_records_and_tags(
     assert len(v2.to_df()) == 2
     assert DatasetSync.objects.count() == 2
     assert Dataset.objects.get().versions.count() == 2
+
+
+@pytest.mark.slow
+def test_sync_and_evaluate_through_a_tracking_server(corrected, mlflow_server, settings, capsys):
+    """Over MLflow's REST API, as production runs it (the dataset search, tags, the run)."""
+    assert tracing.configure(tracking_uri=mlflow_server.url, experiment_name="evals-server")
+    try:
+        services.dataset_stage(dataset_name="served", turn=corrected(), reason="r")
+        call_command("datasets", "freeze", "served")
+        call_command("datasets", "tag", "served", "prod", "v1")
+        call_command("datasets", "sync")
+        call_command("datasets", "sync")
+        call_command("evaluate", "--dataset", "served@prod")
+        out = capsys.readouterr().out
+        assert "served@v1 → MLflow dataset 'served@v1': 1 records (written)" in out
+        assert "served@v1 → MLflow dataset 'served@v1': 1 records (up to date)" in out
+        found = in_mlflow(tracing.experiment_id(), "served@v1")
+        assert found.tags["tag.prod"] == "true"
+        run = mlflow.MlflowClient().get_run(EvaluationRun.objects.get().mlflow_run_id)
+        assert run.data.params["dataset_ref"] == "served@v1"
+        assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["served@v1"]
+    finally:
+        tracing.configure(tracking_uri=settings.MLFLOW_TRACKING_URI)
