@@ -224,21 +224,56 @@ def turn_lifecycle(*, turn: Turn) -> Lifecycle:
     """The lifecycle of `turn`: new → in review → corrected (or not a problem) → in dataset
     version N → passing since evaluation run R (or still failing). A few queries, no MLflow.
     """
-    item = QueueItem.objects.filter(turn=turn).first()
-    corrected = bool(staff_corrections(turn_ids=[turn.pk]))
-    first = (
-        DatasetVersion.objects.filter(records__turn=turn)
-        .select_related("dataset")
-        .order_by("created_at", "id")
-        .first()
-    )
-    staged = tuple(DatasetStage.objects.filter(turn=turn).values_list("dataset__name", flat=True))
+    return turn_lifecycles(turn_ids=[turn.pk])[turn.pk]
+
+
+def turn_lifecycles(*, turn_ids: Iterable[int]) -> dict[int, Lifecycle]:
+    """`turn_lifecycle` for many turns (a review queue page, a report) in five queries."""
+    ids = list(turn_ids)
+    items = {i.turn_id: i for i in QueueItem.objects.filter(turn_id__in=ids)}
+    corrected = staff_corrections(turn_ids=ids)
+    first: dict[int, DatasetVersion] = {}
+    for record in (
+        DatasetRecord.objects.filter(turn_id__in=ids)
+        .select_related("version", "version__dataset")
+        .order_by("version__created_at", "version_id")
+    ):
+        first.setdefault(record.turn_id, record.version)
+    staged: dict[int, list[str]] = {}
+    for turn_id, name in DatasetStage.objects.filter(turn_id__in=ids).values_list(
+        "turn_id", "dataset__name"
+    ):
+        staged.setdefault(turn_id, []).append(name)
     # Newest run first; the streak of equal outcomes from the newest back is what is reported.
-    results = list(
-        EvaluationResult.objects.filter(record__turn=turn, run__state=EvaluationRun.State.COMPLETED)
-        .select_related("run", "run__version", "run__version__dataset")
+    results: dict[int, list[EvaluationResult]] = {}
+    for result in (
+        EvaluationResult.objects.filter(
+            record__turn_id__in=ids, run__state=EvaluationRun.State.COMPLETED
+        )
+        .select_related("record", "run", "run__version", "run__version__dataset")
         .order_by("-run_id")
-    )
+    ):
+        results.setdefault(result.record.turn_id, []).append(result)
+    return {
+        turn_id: _lifecycle(
+            item=items.get(turn_id),
+            corrected=turn_id in corrected,
+            first=first.get(turn_id),
+            staged=tuple(staged.get(turn_id, ())),
+            results=results.get(turn_id, []),
+        )
+        for turn_id in ids
+    }
+
+
+def _lifecycle(
+    *,
+    item: QueueItem | None,
+    corrected: bool,
+    first: DatasetVersion | None,
+    staged: tuple[str, ...],
+    results: list[EvaluationResult],
+) -> Lifecycle:
     latest_run = results[0].run if results else None
     since = None
     if results:

@@ -114,3 +114,23 @@ def test_the_lifecycle_after_a_real_evaluation(corrected, mlflow_experiment):
     call_command("evaluate", "--dataset", "offline")
     run = EvaluationRun.objects.get()
     assert selectors.turn_lifecycle(turn=turn).passing_since == run
+
+
+def test_many_turns_lifecycles_in_five_queries(corrected, django_assert_num_queries):
+    turns = [corrected(f"q{i}?") for i in range(5)]
+    for turn in turns[:3]:
+        services.dataset_stage(dataset_name="support", turn=turn, reason="r")
+    call_command("datasets", "freeze", "support")
+    record_run(DatasetRecord.objects.get(turn=turns[0]), True)
+    QueueItem.objects.create(turn=turns[4], reason="r", state=QueueItem.State.NOT_A_PROBLEM)
+
+    with django_assert_num_queries(5):
+        lives = selectors.turn_lifecycles(turn_ids=[t.pk for t in turns])
+
+    assert [lives[t.pk].stage for t in turns] == [
+        "passing",
+        "in dataset",
+        "in dataset",
+        "corrected",
+        "not a problem",
+    ]
