@@ -88,10 +88,23 @@ class DatasetAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     inlines = [TagInline, VersionInline, StageInline]
     actions = [freeze_next_version]
+    fields = ["name", "description", "latest", "diff_link"]
+    readonly_fields = ["latest", "diff_link"]
+
+    def get_readonly_fields(self, request, obj=None):
+        # The name is what commands, tags and MLflow datasets (`<name>@v<N>`) refer to.
+        return (
+            [*self.readonly_fields, "name"]
+            if obj and obj.versions.exists()
+            else self.readonly_fields
+        )
+
+    def has_delete_permission(self, request, obj=None):
+        return super().has_delete_permission(request, obj) and not (obj and obj.versions.exists())
 
     @admin.display(description="latest version")
     def latest(self, obj):
-        version = selectors.dataset_latest_version(dataset=obj)
+        version = selectors.dataset_latest_version(dataset=obj) if obj.pk else None
         return f"v{version.number} ({version.record_count} records)" if version else "—"
 
     @admin.display(description="tags")
@@ -104,6 +117,8 @@ class DatasetAdmin(admin.ModelAdmin):
 
     @admin.display(description="diff")
     def diff_link(self, obj):
+        if not obj.pk:
+            return "—"
         return format_html(
             '<a href="{}">compare versions</a>', reverse("admin:evals_dataset_diff", args=[obj.pk])
         )

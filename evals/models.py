@@ -133,6 +133,8 @@ class DatasetStage(models.Model):
 
     class Meta:
         ordering = ["staged_at", "id"]
+        verbose_name = "turn staged for the next version"
+        verbose_name_plural = "turns staged for the next version"
         constraints = [
             models.UniqueConstraint(fields=["dataset", "turn"], name="dataset_stage_once")
         ]
