@@ -282,6 +282,8 @@ class EvaluationRunAdmin(ReadOnly, admin.ModelAdmin):
         "app_version",
         "model",
         "judge_model",
+        "decided_by",
+        "match_threshold",
         "system_prompt_sha256",
         "system_prompt",
         "mlflow_run_id",

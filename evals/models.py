@@ -195,6 +195,10 @@ class EvaluationRun(models.Model):
     system_prompt = models.TextField()
     system_prompt_sha256 = models.CharField(max_length=64)
     judge_model = models.CharField(max_length=200, blank=True)
+    # How a record passes: "match" (the code scorer), "judge" or "either"; and the scorer's F1
+    # threshold. Runs compare only with runs scored the same way.
+    decided_by = models.CharField(max_length=16, default="match")
+    match_threshold = models.FloatField(default=0.8)
     state = models.CharField(max_length=16, choices=State.choices, default=State.RUNNING)
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)

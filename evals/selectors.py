@@ -151,10 +151,14 @@ def dataset_diff(*, old: DatasetVersion, new: DatasetVersion) -> DatasetDiff:
 
 
 def run_previous(*, run: EvaluationRun) -> EvaluationRun | None:
-    """The last completed run on the same version before `run`."""
+    """The last completed run on the same version, scored the same way, before `run`."""
     return (
         EvaluationRun.objects.filter(
-            version=run.version, state=EvaluationRun.State.COMPLETED, id__lt=run.pk
+            version=run.version,
+            state=EvaluationRun.State.COMPLETED,
+            decided_by=run.decided_by,
+            match_threshold=run.match_threshold,
+            id__lt=run.pk,
         )
         .order_by("-id")
         .first()

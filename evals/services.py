@@ -376,6 +376,8 @@ def evaluation_run(
         system_prompt=system_prompt,
         system_prompt_sha256=hashlib.sha256(system_prompt.encode()).hexdigest(),
         judge_model="" if judge_skipped else model.model,
+        decided_by=decide_by,
+        match_threshold=threshold,
         records=len(records),
     )
     try:
@@ -552,7 +554,7 @@ def _mlflow_log(run: EvaluationRun, scored, by_id, decide_by: str) -> tracing.Ev
             "judge_model": run.judge_model or "-",
             "system_prompt_sha256": run.system_prompt_sha256,
             "decide_by": decide_by,
-            "match_threshold": str(settings.EVAL_MATCH_THRESHOLD),
+            "match_threshold": str(run.match_threshold),
             "previous_run": str(run.previous_id or "-"),
         },
         tags={
