@@ -7,6 +7,7 @@ from django.core.management.base import CommandError
 from evals import selectors, services
 from evals.exceptions import NothingToFreeze, VersionImmutable
 from evals.models import Dataset, DatasetRecord, DatasetStage, DatasetTag, DatasetVersion
+from feedback.models import QueueItem
 from tests.factories import FeedbackFactory, answered_turn
 
 pytestmark = pytest.mark.django_db
@@ -33,6 +34,7 @@ def test_a_record_holds_the_conversation_up_to_the_question_and_its_provenance(
     FeedbackFactory(turn=second, user=staff, is_correct=False, expected_response="Ask again.")
     second.trace_id = "tr-abc"
     second.save()
+    item = QueueItem.objects.create(turn=second, reason="rule: thumbs down")
     services.dataset_stage(dataset_name="support", turn=second, reason="r")
 
     made = freeze(by=staff, note="first")
@@ -45,6 +47,7 @@ def test_a_record_holds_the_conversation_up_to_the_question_and_its_provenance(
     ]
     assert record.expectation == "Ask again."
     assert (record.turn, record.trace_id, record.corrected_by) == (second, "tr-abc", staff)
+    assert record.queue_item == item
     assert record.corrected_at is not None
     assert record.key == f"turn:{second.pk}"
     assert (made.version.number, made.version.created_by, made.version.note) == (1, staff, "first")
