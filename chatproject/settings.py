@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "chat.apps.ChatConfig",
     "feedback.apps.FeedbackConfig",
     "privacy.apps.PrivacyConfig",
+    "evals.apps.EvalsConfig",
 ]
 
 # Every one async-capable: the chat path runs without a thread hop per middleware (a test
@@ -351,6 +352,12 @@ REVIEW_LOW_KAPPA = env.float("REVIEW_LOW_KAPPA", default=0.4)
 
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")
+# Versioned datasets and `manage.py evaluate` (docs/quality-datasets.md). A record passes when the
+# answer matches the correction once normalised, or their token-overlap F1 reaches the threshold.
+EVAL_MATCH_THRESHOLD = env.float("EVAL_MATCH_THRESHOLD", default=0.8)
+EVAL_CONCURRENCY = env.int("EVAL_CONCURRENCY", default=8)
+# The LLM judge runs when a model is configured (LLM_BASE_URL); EVAL_JUDGE=false turns it off.
+EVAL_JUDGE = env.bool("EVAL_JUDGE", default=True)
 
 # --- Trace delivery to MLflow (the worker: `python manage.py deliver_traces --loop`) ------------
 TRACE_DELIVERY_BATCH = env.int("TRACE_DELIVERY_BATCH", default=200)

@@ -17,6 +17,9 @@ class FakeOpenAIServer:
         self.mode = "ok"
         self.slow_seconds = 3.0
         self.on_request = None  # called (no arguments) as each chat request arrives
+        # {word: reply}: a conversation whose system prompt contains `word` (any case) gets
+        # `reply` instead of the echo (a prompt change that changes the answers).
+        self.replies_by_system_word: dict[str, str] = {}
         self.requests: list[dict] = []
         server = self
 
@@ -39,7 +42,13 @@ class FakeOpenAIServer:
                 if server.mode == "slow":
                     time.sleep(server.slow_seconds)
                 last = body["messages"][-1]["content"]
-                content = f"echo[{len(body['messages'])}]: {last}"
+                system = " ".join(
+                    m["content"] for m in body["messages"] if m.get("role") == "system"
+                ).lower()
+                content = next(
+                    (r for w, r in server.replies_by_system_word.items() if w.lower() in system),
+                    f"echo[{len(body['messages'])}]: {last}",
+                )
                 if body.get("stream"):
                     return self._stream(body, content)
                 self._send(

@@ -9,7 +9,9 @@
 - `export`: writing recorded traces to MLflow, complete and idempotent (the delivery process).
 - `assessments`: human feedback and expectations on a trace.
 - `search`: finding traces by user, session, request id, tags, deployment and feedback.
-- `datasets`: corrected production traces as an evaluation dataset.
+- `datasets`: corrected production traces as an evaluation dataset; frozen dataset versions
+  (the `evals` app) as MLflow evaluation datasets, one per version.
+- `evaluation`: an evaluation run over a dataset version, as an MLflow run.
 - `erasure`: a person's traces and assessments removed (files included), and the check after;
   the traces retention removes.
 - `links`: links into the MLflow UI.
@@ -23,7 +25,13 @@ from chat.tracing.assessments import (
     sync_assessments,
 )
 from chat.tracing.context import CallerContext, caller_context, passed_on
-from chat.tracing.datasets import merge_into_eval_dataset
+from chat.tracing.datasets import (
+    VersionRecord,
+    VersionSynced,
+    merge_into_eval_dataset,
+    sync_dataset_version,
+    version_dataset_name,
+)
 from chat.tracing.erasure import (
     TracesErased,
     erase_assessments,
@@ -34,6 +42,7 @@ from chat.tracing.erasure import (
     user_trace_ids,
 )
 from chat.tracing.errors import TraceNotFound, TrackingUnavailable, UnsafeFilterValue
+from chat.tracing.evaluation import EvaluationLog, log_evaluation_run, run_ui_url
 from chat.tracing.export import (
     delete_traces,
     experiment_trace_ids,
@@ -79,6 +88,7 @@ __all__ = [
     "USERNAME_KEY",
     "WRITTEN_LATE_TAG",
     "CallerContext",
+    "EvaluationLog",
     "ORDERINGS",
     "SAFE_KEY",
     "SAFE_VALUE",
@@ -92,6 +102,8 @@ __all__ = [
     "TrackingUnavailable",
     "TurnTrace",
     "UnsafeFilterValue",
+    "VersionRecord",
+    "VersionSynced",
     "assessments_by_trace",
     "caller_context",
     "complete_payload",
@@ -108,14 +120,17 @@ __all__ = [
     "history_span",
     "is_ready",
     "llm_span",
+    "log_evaluation_run",
     "merge_into_eval_dataset",
     "message_refs",
     "new_trace_id",
     "passed_on",
     "remaining_assessments",
+    "run_ui_url",
     "sample_ratio",
     "search_traces",
     "session_ui_url",
+    "sync_dataset_version",
     "sync_assessments",
     "trace_filter_string",
     "trace_link_html",
@@ -127,5 +142,6 @@ __all__ = [
     "turn_trace",
     "ui_link_html",
     "user_trace_ids",
+    "version_dataset_name",
     "write_traces",
 ]

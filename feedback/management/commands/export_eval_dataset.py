@@ -8,7 +8,9 @@ from feedback import services
 class Command(BaseCommand):
     help = (
         "Export production traces whose answers were corrected (expected_response) into an "
-        "MLflow evaluation dataset. Idempotent: running it again adds no duplicates."
+        "MLflow evaluation dataset. Idempotent: running it again adds no duplicates. "
+        "Superseded by versioned datasets: `datasets add NAME --corrected --freeze` then "
+        "`datasets sync` (docs/quality-datasets.md); kept for existing users."
     )
 
     def add_arguments(self, parser):
