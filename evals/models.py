@@ -69,6 +69,9 @@ class DatasetVersion(Frozen):
     )
     note = models.TextField(blank=True)
     record_count = models.PositiveIntegerField(default=0)
+    # Records taken out by erasures of the people whose conversations they held: the one change
+    # a frozen version allows (`evals.services.dataset_records_erase`).
+    erased_records = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["dataset", "-number"]

@@ -11,12 +11,14 @@ import asyncio
 import hashlib
 import logging
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
+from django.db.models import F
 from django.utils import timezone
 
 from chat import tracing
@@ -576,4 +578,33 @@ def _mlflow_log(run: EvaluationRun, scored, by_id, decide_by: str) -> tracing.Ev
             "error": [s.error for s in rows],
         },
         dataset_id=sync.mlflow_dataset_id if sync else "",
+    )
+
+
+def dataset_records_erase(*, turn_ids: Iterable[int]) -> tuple[int, list[str]]:
+    """Take the records made from these turns out of every version, for a person's erasure.
+
+    The one change a frozen version allows: an erased person's conversation must not live on in
+    a dataset. Their records go (with their results in evaluation runs), each version counts
+    what it lost in `erased_records`, and its MLflow copy is forgotten here so the next
+    `datasets sync` makes it again without them. Returns how many records went and the names of
+    the MLflow copies (`<name>@v<N>`) that held them, for the erasure to delete from MLflow.
+    Call inside the erasure's transaction.
+    """
+    records = models.QuerySet(DatasetRecord).filter(turn_id__in=list(turn_ids))
+    lost = Counter(records.values_list("version_id", flat=True))
+    if not lost:
+        return 0, []
+    versions = DatasetVersion.objects.select_related("dataset").in_bulk(list(lost))
+    EvaluationResult.objects.filter(record__in=records).delete()
+    records.delete()
+    for version_id, count in lost.items():
+        models.QuerySet(DatasetVersion).filter(pk=version_id).update(
+            record_count=F("record_count") - count, erased_records=F("erased_records") + count
+        )
+    DatasetSync.objects.filter(version_id__in=list(lost)).delete()
+    logger.info("dataset records erased records=%s versions=%s", lost.total(), len(lost))
+    return lost.total(), sorted(
+        tracing.version_dataset_name(version.dataset.name, version.number)
+        for version in versions.values()
     )

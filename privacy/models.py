@@ -34,6 +34,9 @@ class Erasure(models.Model):
     assessments_removed = models.PositiveIntegerField(default=0)
     trace_ids = models.JSONField(default=list, blank=True)
     rated_trace_ids = models.JSONField(default=list, blank=True)
+    # MLflow evaluation datasets (copies of dataset versions, `<name>@v<N>`) that held records
+    # of the person's conversations: deleted from MLflow; `datasets sync` makes them anew.
+    eval_datasets = models.JSONField(default=list, blank=True)
     # A trace deliverer held some of the person's traces when they were erased: its write may
     # land after ours, so the erasure is verified again once its lease is over.
     in_flight_until = models.DateTimeField(null=True, blank=True)

@@ -8,12 +8,16 @@ app own users' accounts. Here dependencies stay one way: privacy -> feedback -> 
 Two steps, each safe to repeat:
 1. `user_erase` (one transaction, no MLflow call): the person's account, their conversations
    (hidden ones too), turns, messages, trace-export rows (so an undelivered trace is never
-   delivered) and feedback (theirs, and everyone's on their turns) are deleted, and an `Erasure`
-   record is written with the MLflow ids still to remove. This always completes, whatever MLflow
+   delivered), feedback (theirs, and everyone's on their turns) and the evaluation dataset
+   records made from their turns (out of frozen versions too: `evals.services.
+   dataset_records_erase`) are deleted, and an `Erasure` record is written with the MLflow ids
+   still to remove. This always completes, whatever MLflow
    is doing.
 2. `erasure_finish`: their traces (found from the record and by MLflow search on
    `mlflow.trace.user`) are deleted with their artifact files and every assessment on them
    (staff labels included); the assessments they logged on other people's traces are deleted;
+   the MLflow copies of dataset versions that held their records are deleted (the next
+   `datasets sync` makes them anew; this needs the full mlflow package, not the SDK);
    then the search runs again and the record is completed only when nothing is left. When the
    tracking store is down the record stays `pending_mlflow` with the reason. The command and
    the admin run it at once; for DELETE /api/me/ (a web worker, which never imports MLflow) the
@@ -42,6 +46,7 @@ from django.utils import timezone
 
 from chat import tracing
 from chat.models import ChatSession, Message, TraceExport, Turn
+from evals import services as evals_services
 from feedback.models import Feedback
 from privacy.models import Erasure
 
@@ -87,6 +92,10 @@ def user_erase(
             (Feedback, feedback.values_list("pk", flat=True)),
         )
         admin_log_removed = delete_counted(admin_log)
+        # Before the turns go (a record's link to its turn is cleared when the turn is deleted).
+        dataset_records, eval_datasets = evals_services.dataset_records_erase(
+            turn_ids=list(turns.values_list("pk", flat=True))
+        )
         rows = {
             "feedback": delete_counted(feedback),
             "trace_exports": delete_counted(exports),
@@ -95,6 +104,7 @@ def user_erase(
             "sessions": delete_counted(sessions),
             "users": delete_counted(account),
             "admin_log": admin_log_removed,
+            "dataset_records": dataset_records,
         }
         erasure = Erasure.objects.create(
             subject_user_id=user_id,
@@ -103,6 +113,7 @@ def user_erase(
             rows_removed=rows,
             trace_ids=trace_ids,
             rated_trace_ids=rated_trace_ids,
+            eval_datasets=eval_datasets,
             in_flight_until=in_flight_until,
         )
     logger.info(
@@ -162,12 +173,18 @@ def erasure_finish(*, erasure: Erasure, progress: Callable[[str], None] | None =
             erasure.assessments_removed += tracing.erase_assessments(
                 trace_ids=erasure.rated_trace_ids, source_id=source_id
             )
+        if erasure.eval_datasets:
+            say(
+                f"MLflow: {len(erasure.eval_datasets)} evaluation dataset(s) holding their records"
+            )
+            tracing.delete_eval_datasets(names=erasure.eval_datasets)
         say(f"verifying: search metadata.`mlflow.trace.user` = '{user_id}'")
         remaining = set(tracing.user_trace_ids(user_id=user_id))
         remaining |= set(tracing.existing_trace_ids(erasure.trace_ids))
         left_assessments = tracing.remaining_assessments(
             trace_ids=erasure.rated_trace_ids, source_id=source_id
         )
+        left_datasets = tracing.existing_eval_datasets(names=erasure.eval_datasets)
     except tracing.TrackingUnavailable as exc:
         erasure.last_error = f"TrackingUnavailable: {exc}"[:2000]
         erasure.save()
@@ -181,10 +198,10 @@ def erasure_finish(*, erasure: Erasure, progress: Callable[[str], None] | None =
     erasure.remaining_traces = len(remaining)
     erasure.remaining_assessments = left_assessments
     now = timezone.now()
-    if remaining or left_assessments:
+    if remaining or left_assessments or left_datasets:
         erasure.last_error = (
-            f"verification found {len(remaining)} trace(s) and {left_assessments} assessment(s) "
-            "left; run again"
+            f"verification found {len(remaining)} trace(s), {left_assessments} assessment(s) "
+            f"and {len(left_datasets)} evaluation dataset(s) left; run again"
         )
     elif erasure.in_flight_until and now < erasure.in_flight_until:
         erasure.last_error = (
@@ -197,6 +214,7 @@ def erasure_finish(*, erasure: Erasure, progress: Callable[[str], None] | None =
         erasure.last_error = ""
         erasure.trace_ids = []
         erasure.rated_trace_ids = []
+        erasure.eval_datasets = []
     erasure.save()
     logger.info(
         "erasure %s erasure_id=%s user_id=%s traces=%s assessments=%s remaining=%s",

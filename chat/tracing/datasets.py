@@ -188,3 +188,57 @@ def _record(record: VersionRecord) -> dict:
         "source": {"source_type": "TRACE" if record.trace_id else "HUMAN", "source_data": source},
         "tags": tags,
     }
+
+
+def delete_eval_datasets(*, names: list[str]) -> int:
+    """Delete the app experiment's MLflow evaluation datasets of these names (an erasure: the
+    copies of dataset versions that held the person's records); returns how many went.
+
+    Needs the full `mlflow` package (the tracing SDK has no `mlflow.genai`): in a worker on the
+    SDK this raises TrackingUnavailable saying so, and the erasure waits for
+    `erase_user --pending`. Raises: TrackingUnavailable.
+    """
+    return len([_delete(found) for found in _named(names)])
+
+
+def existing_eval_datasets(*, names: list[str]) -> list[str]:
+    """Those of these dataset names the app's experiment still has. Raises: TrackingUnavailable."""
+    return sorted(found.name for found in _named(names))
+
+
+def _named(names: list[str]) -> list:
+    if not names:
+        return []
+    mlflow_api()
+    try:
+        from mlflow.genai import datasets
+    except ImportError as exc:
+        raise TrackingUnavailable(
+            "evaluation datasets need the full mlflow package (this is the tracing SDK): "
+            "run `manage.py erase_user --pending` where .venv is"
+        ) from exc
+    exp_id = experiment_id()
+    if exp_id is None:
+        raise TrackingUnavailable("tracing is not configured or the tracking store is down")
+    try:
+        return [
+            found
+            for name in names
+            for found in datasets.search_datasets(
+                experiment_ids=[exp_id], filter_string=f"name = '{_quoted(name)}'"
+            )
+        ]
+    except TrackingUnavailable:
+        raise
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+
+
+def _delete(found) -> str:
+    from mlflow.genai import datasets
+
+    try:
+        datasets.delete_dataset(dataset_id=found.dataset_id)
+    except Exception as exc:
+        raise TrackingUnavailable(short(exc)) from exc
+    return found.dataset_id

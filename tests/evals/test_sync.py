@@ -90,3 +90,38 @@ def test_sync_and_evaluate_through_a_tracking_server(corrected, mlflow_server, s
         assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["served@v1"]
     finally:
         tracing.configure(tracking_uri=settings.MLFLOW_TRACKING_URI)
+
+
+def test_erasing_a_person_takes_their_records_out_of_frozen_versions_and_mlflow(
+    corrected, follow_up, staff, mlflow_experiment
+):
+    """The one change a frozen version allows: an erased person's conversation must not live on
+    in a dataset, in the database or in its MLflow copy."""
+    from evals.models import DatasetVersion
+    from privacy import services as privacy_services
+    from privacy.models import Erasure
+
+    theirs = corrected("My card is 4111 1111 1111 1111, why was it refused?", "Call the bank.")
+    other = corrected("How do I reset?", "Use the reset link.")
+    for turn in (theirs, other):
+        services.dataset_stage(dataset_name="support", turn=turn, reason="r")
+    call_command("datasets", "freeze", "support")
+    call_command("datasets", "sync", "support")
+    assert len(in_mlflow(mlflow_experiment, "support@v1").to_df()) == 2
+
+    erasure = privacy_services.user_erase(user=theirs.user, via=Erasure.Via.COMMAND)
+    assert erasure.rows_removed["dataset_records"] == 1
+    assert erasure.eval_datasets == ["support@v1"]
+    erasure = privacy_services.erasure_finish(erasure=erasure)
+
+    assert erasure.state == Erasure.State.COMPLETED, erasure.last_error
+    version = DatasetVersion.objects.get(dataset__name="support", number=1)
+    assert (version.record_count, version.erased_records) == (1, 1)
+    assert [r.expectation for r in version.records.all()] == ["Use the reset link."]
+    assert not mlflow.genai.datasets.search_datasets(
+        experiment_ids=[mlflow_experiment], filter_string="name = 'support@v1'"
+    )
+    # The next sync makes the copy again, without them.
+    call_command("datasets", "sync", "support")
+    rows = in_mlflow(mlflow_experiment, "support@v1").to_df()
+    assert [m["messages"][0]["content"] for m in rows["inputs"]] == ["How do I reset?"]

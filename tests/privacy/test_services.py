@@ -41,6 +41,7 @@ def test_erasing_a_user_removes_their_rows_traces_and_assessments_and_verifies(e
         "sessions": 2,  # the hidden one too
         "users": 1,
         "admin_log": 0,
+        "dataset_records": 0,
     }
     assert erasure.traces_removed == 3
     assert (
