@@ -174,9 +174,7 @@ def erasure_finish(*, erasure: Erasure, progress: Callable[[str], None] | None =
                 trace_ids=erasure.rated_trace_ids, source_id=source_id
             )
         if erasure.eval_datasets:
-            say(
-                f"MLflow: {len(erasure.eval_datasets)} evaluation dataset(s) holding their records"
-            )
+            say(f"MLflow: {len(erasure.eval_datasets)} evaluation dataset(s) holding their records")
             tracing.delete_eval_datasets(names=erasure.eval_datasets)
         say(f"verifying: search metadata.`mlflow.trace.user` = '{user_id}'")
         remaining = set(tracing.user_trace_ids(user_id=user_id))
