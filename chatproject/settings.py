@@ -47,6 +47,7 @@ INSTALLED_APPS = [
     "chat.apps.ChatConfig",
     "feedback.apps.FeedbackConfig",
     "privacy.apps.PrivacyConfig",
+    "quality.apps.QualityConfig",
 ]
 
 # Every one async-capable: the chat path runs without a thread hop per middleware (a test
@@ -323,6 +324,22 @@ FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
 # More work the feedback worker does every FEEDBACK_PROBE_INTERVAL_S (dotted paths to functions
 # returning lines to log): finishing erasures in MLflow, so DELETE /api/me/ never calls it.
 FEEDBACK_WORKER_CHORES = ["privacy.services.erasures_finish_due"]
+
+# --- Quality: rules, webhooks and alerts (run by the feedback worker; docs/quality-alerts.md) ----
+# Work the feedback worker does on every poll (FEEDBACK_POLL_INTERVAL_S), not every probe interval:
+# a thumbs-down reaches the review queue within about a second of being stored.
+FEEDBACK_WORKER_POLL_CHORES = ["quality.services.quality_worker_pass"]
+# Feedback is re-read from this long before the matching cursor (a vote saved before a pass but
+# committed after it is still seen).
+QUALITY_MATCH_LAG_S = env.float("QUALITY_MATCH_LAG_S", default=2.0)
+# "module.function" taking (*, dataset_name, turn, reason) -> bool that adds a turn to a dataset's
+# next version (the evals app); empty: a rule's dataset action is skipped with a log line.
+QUALITY_DATASET_STAGE = env.str("QUALITY_DATASET_STAGE", default="")
+QUALITY_ALERT_INTERVAL_S = env.float("QUALITY_ALERT_INTERVAL_S", default=30.0)
+QUALITY_WEBHOOK_TIMEOUT_S = env.float("QUALITY_WEBHOOK_TIMEOUT_S", default=5.0)
+QUALITY_WEBHOOK_RETRY_BASE_S = env.float("QUALITY_WEBHOOK_RETRY_BASE_S", default=5.0)
+QUALITY_WEBHOOK_RETRY_MAX_S = env.float("QUALITY_WEBHOOK_RETRY_MAX_S", default=900.0)
+QUALITY_WEBHOOK_MAX_ATTEMPTS = env.int("QUALITY_WEBHOOK_MAX_ATTEMPTS", default=12)
 
 # --- Review queue (admin) -------------------------------------------------------------------------
 # How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).
