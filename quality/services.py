@@ -163,7 +163,7 @@ def rules_match_new(*, now: datetime | None = None) -> Counter:
         for rule in on_votes:
             counts.update(_act_on(rule=rule, candidates=changed))
     else:
-        position = now - _lag()
+        position = now
 
     turn_id = cursor.turn_id
     if on_turns:
