@@ -9,7 +9,7 @@ import secrets
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, URLValidator
 from django.db import models
 
 from chat.models import Turn
@@ -17,6 +17,10 @@ from chat.models import Turn
 
 def new_secret() -> str:
     return secrets.token_hex(32)
+
+
+# Webhooks go over HTTP(S) only (URLField alone would also take ftp://).
+http_url = URLValidator(schemes=["http", "https"])
 
 
 class Rule(models.Model):
@@ -74,7 +78,9 @@ class Rule(models.Model):
         blank=True,
         help_text="Add each turn to this evaluation dataset's next version; blank: none.",
     )
-    webhook_url = models.URLField(blank=True, help_text="POST a signed JSON body; blank: none.")
+    webhook_url = models.URLField(
+        blank=True, validators=[http_url], help_text="POST a signed JSON body; blank: none."
+    )
     webhook_secret = models.CharField(
         max_length=128,
         default=new_secret,
@@ -173,7 +179,9 @@ class Alert(models.Model):
         default=20, help_text="Fewer feedback/turns than this in the window: no change of state."
     )
     webhook_url = models.URLField(
-        blank=True, help_text='Gets {"text": "..."} (Slack-compatible) on each change; blank: none.'
+        blank=True,
+        validators=[http_url],
+        help_text='Gets {"text": "..."} (Slack-compatible) on each change; blank: none.',
     )
     webhook_secret = models.CharField(max_length=128, default=new_secret)
 
