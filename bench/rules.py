@@ -150,6 +150,8 @@ def main() -> None:
         )
         return [m.pk for m in answers]
 
+    achieved = [0.0]
+
     def send_phase(messages: list[int]) -> dict[int, float]:
         """Send one vote per message at the rate from `--senders` processes; returns message id
         -> send time (epoch s)."""
@@ -193,6 +195,7 @@ def main() -> None:
             f"{args.senders} processes; {late} more than 100 ms behind schedule)",
             flush=True,
         )
+        achieved[0] = len(sent) / took
         return sent
 
     receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
@@ -267,6 +270,7 @@ def main() -> None:
                 )
                 lag_ms = [(at.timestamp() - sent[mid]) * 1000 for mid, at in items]
                 results["lag_ms"] = lag_ms
+                results["achieved"] = achieved[0]
                 results["expected"] = expected
                 results["matches"] = RuleMatch.objects.count()
     finally:
@@ -278,7 +282,7 @@ def main() -> None:
     print()
     print(
         f"thumbs-down (or rating <= 2) -> review queue item, {len(lag)} of {results['expected']} "
-        f"disliked votes at {args.rate:g} votes/s:"
+        f"disliked votes, {results['achieved']:.0f} votes/s arriving (asked: {args.rate:g}/s):"
     )
     print(
         f"  p50 {percentile(lag, 50):.0f} ms   p99 {percentile(lag, 99):.0f} ms   "

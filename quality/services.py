@@ -36,26 +36,33 @@ PAGE = 1000
 
 
 def rule_act(*, rule: Rule, turn: Turn, backfill: bool = False) -> RuleMatch | None:
-    """Record that `rule` picked `turn` and do its actions; None if it already had.
+    """Do `rule`'s actions on `turn` and record the match; None if the rule had already acted.
 
-    Queue, dataset and webhook row are written with the match, so a crash leaves all or none.
+    One transaction: the match row is written last, and if it exists already (another worker, a
+    backfill running beside the worker) everything this call did is rolled back, so the queue,
+    the dataset and the webhooks see each turn once per rule.
     """
-    with transaction.atomic():
-        try:
-            with transaction.atomic():
-                match = RuleMatch.objects.create(rule=rule, turn=turn, backfill=backfill)
-        except IntegrityError:
-            return None
-        if rule.enqueue:
-            _, match.queued = review_enqueue(turn=turn, reason=rule.name)
-        if rule.dataset_name:
-            match.staged = _dataset_stage(rule=rule, turn=turn)
-        if rule.webhook_url:
-            match.delivery = webhooks.webhook_enqueue(
-                url=rule.webhook_url, payload=_match_payload(rule=rule, turn=turn), rule=rule
+    try:
+        with transaction.atomic():
+            queued = staged = delivery = None
+            if rule.enqueue:
+                _, queued = review_enqueue(turn=turn, reason=rule.name)
+            if rule.dataset_name:
+                staged = _dataset_stage(rule=rule, turn=turn)
+            if rule.webhook_url:
+                delivery = webhooks.webhook_enqueue(
+                    url=rule.webhook_url, payload=_match_payload(rule=rule, turn=turn), rule=rule
+                )
+            return RuleMatch.objects.create(
+                rule=rule,
+                turn=turn,
+                backfill=backfill,
+                queued=queued,
+                staged=staged,
+                delivery=delivery,
             )
-        match.save(update_fields=["queued", "staged", "delivery"])
-    return match
+    except IntegrityError:
+        return None
 
 
 def _dataset_stage(*, rule: Rule, turn: Turn) -> bool | None:
