@@ -326,9 +326,11 @@ FEEDBACK_LEASE_S = env.float("FEEDBACK_LEASE_S", default=60.0)
 FEEDBACK_WORKER_CHORES = ["privacy.services.erasures_finish_due"]
 
 # --- Quality: rules, webhooks and alerts (run by the feedback worker; docs/quality-alerts.md) ----
-# Work the feedback worker does on every poll (FEEDBACK_POLL_INTERVAL_S), not every probe interval:
-# a thumbs-down reaches the review queue within about a second of being stored.
-FEEDBACK_WORKER_POLL_CHORES = ["quality.services.quality_worker_pass"]
+# The feedback worker keeps a thread matching new votes against rules (and sending webhooks,
+# evaluating alerts) every QUALITY_MATCH_INTERVAL_S, beside delivery: a thumbs-down reaches the
+# review queue within about a second, however slow MLflow is.
+FEEDBACK_WORKER_CHORES += ["quality.services.quality_worker_ensure"]
+QUALITY_MATCH_INTERVAL_S = env.float("QUALITY_MATCH_INTERVAL_S", default=0.5)
 # Feedback is re-read from this long before the matching cursor (a vote saved before a pass but
 # committed after it is still seen).
 QUALITY_MATCH_LAG_S = env.float("QUALITY_MATCH_LAG_S", default=2.0)

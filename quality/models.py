@@ -2,7 +2,7 @@
 
 Why an app of its own: rules read chat (turns) and feedback (votes, the review queue) and act on
 both, so they sit above them. Dependencies run one way: quality -> feedback -> chat; the feedback
-worker runs our chore through settings (`FEEDBACK_WORKER_POLL_CHORES`), never by importing us.
+worker runs our chore through settings (`FEEDBACK_WORKER_CHORES`), never by importing us.
 """
 
 import secrets

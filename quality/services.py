@@ -1,23 +1,25 @@
 """Writes: acting on the turns rules pick (as votes arrive, or on past turns) and alert states.
 
-As votes arrive: the feedback worker calls `quality_worker_pass` on every poll (~0.5 s; never on
-a request). It reads feedback changed since its cursor (and turns finished since, for rules on
-failed turns), runs each enabled rule's filter over just those turns, and acts on the ones the
-rule's sampling picks. A `RuleMatch` row, unique per rule and turn, is written in the same
-transaction as the actions, so a turn is acted on once per rule however often it is seen;
-`review_enqueue` keeps a turn in the queue once whichever rules pick it.
+As votes arrive: a thread of the feedback worker runs `quality_worker_pass` every
+QUALITY_MATCH_INTERVAL_S (0.5 s; never on a request). It reads feedback changed since its
+cursor (and turns finished since, for rules on failed turns), runs each enabled rule's filter
+over just those turns, and acts on the ones the rule's sampling picks. A `RuleMatch` row, unique
+per rule and turn, is written in the same transaction as the actions, so a turn is acted on once
+per rule however often it is seen; `review_enqueue` keeps a turn in the queue once whichever
+rules pick it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, close_old_connections, connection, transaction
 from django.db.models import Max
 from django.urls import reverse
 from django.utils import timezone
@@ -338,15 +340,16 @@ def alerts_evaluate(*, now: datetime | None = None) -> list[AlertEvent]:
     return events
 
 
-# --- The feedback worker's chore -----------------------------------------------------------------
+# --- In the feedback worker --------------------------------------------------------------------
 
 _alerts_due_at = 0.0
+_loop: threading.Thread | None = None
+_loop_stop = threading.Event()
 
 
 def quality_worker_pass() -> list[str]:
-    """Run by the feedback worker on every poll (FEEDBACK_WORKER_POLL_CHORES): match new votes,
-    start sending due webhooks (in the background), and evaluate alerts every
-    QUALITY_ALERT_INTERVAL_S. Returns lines for the worker's log."""
+    """One pass: match new votes, start sending due webhooks (in the background), and evaluate
+    alerts when QUALITY_ALERT_INTERVAL_S has passed. Returns lines for the log."""
     global _alerts_due_at
     lines = []
     counts = rules_match_new()
@@ -358,3 +361,41 @@ def quality_worker_pass() -> list[str]:
         for event in alerts_evaluate():
             lines.append(f"alert {event.alert.name} {event.state}: {event.value:.4g}")
     return lines
+
+
+def quality_worker_ensure() -> list[str]:
+    """The feedback worker's chore (FEEDBACK_WORKER_CHORES: at start, then every
+    FEEDBACK_PROBE_INTERVAL_S): keep a thread running `quality_worker_pass` every
+    QUALITY_MATCH_INTERVAL_S beside delivery.
+
+    A thread of its own because delivery can be slow (a tracking server that times out holds a
+    batch for seconds or minutes) and a thumbs-down must reach the queue within seconds anyway.
+    """
+    global _loop
+    if _loop is not None and _loop.is_alive():
+        return []
+    _loop_stop.clear()
+    _loop = threading.Thread(target=_run_loop, name="quality-rules", daemon=True)
+    _loop.start()
+    return [f"quality rules and alerts: a pass every {settings.QUALITY_MATCH_INTERVAL_S}s"]
+
+
+def quality_worker_stop(timeout: float = 10.0) -> None:
+    """Stop the thread (tests; the worker's process simply exits)."""
+    _loop_stop.set()
+    if _loop is not None:
+        _loop.join(timeout)
+
+
+def _run_loop() -> None:
+    while not _loop_stop.is_set():
+        try:
+            close_old_connections()
+            for line in quality_worker_pass():
+                logger.info(line)
+        except Exception:
+            logger.exception("quality pass failed; retrying shortly")
+            _loop_stop.wait(5)
+        finally:
+            connection.close()
+        _loop_stop.wait(settings.QUALITY_MATCH_INTERVAL_S)

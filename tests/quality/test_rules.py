@@ -211,3 +211,26 @@ calls: list = []
 def record_stage(*, dataset_name, turn, reason) -> bool:
     calls.append((dataset_name, turn.pk, reason))
     return True
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_worker_keeps_a_rules_thread_that_queues_a_new_thumbs_down_within_seconds(
+    make_rule, user, settings
+):
+    import time
+
+    settings.QUALITY_MATCH_INTERVAL_S = 0.1
+    make_rule(name="Disliked answers", thumbs_down=True)
+    try:
+        assert services.quality_worker_ensure()  # started
+        assert services.quality_worker_ensure() == []  # already running
+        time.sleep(0.5)  # its first pass sets the cursor
+        turn = TurnFactory(session__owner=user)
+        feedback_services.feedback_submit(user=user, turn=turn, is_correct=False)
+        stored = time.monotonic()
+        while not QueueItem.objects.filter(turn=turn).exists():
+            assert time.monotonic() - stored < 5, "not queued within 5 s"
+            time.sleep(0.05)
+    finally:
+        services.quality_worker_stop()
+    assert QueueItem.objects.get(turn=turn).reason == "Disliked answers"

@@ -81,20 +81,9 @@ class Command(BaseCommand):
                 lines += chore()
             return lines
 
-        every_poll = [import_string(path) for path in settings.FEEDBACK_WORKER_POLL_CHORES]
-
-        def deliver() -> Counter:
-            for chore in every_poll:  # cheap work that must not wait FEEDBACK_PROBE_INTERVAL_S
-                try:
-                    for line in chore():
-                        self.stdout.write(line)
-                except Exception:
-                    logger.exception("feedback worker chore %s failed", chore.__name__)
-            return services.feedback_deliver_due(limit=batch, threads=self.threads)
-
         run_worker(
             name="feedback delivery",
-            deliver=deliver,
+            deliver=lambda: services.feedback_deliver_due(limit=batch, threads=self.threads),
             batch=batch,
             poll_s=settings.FEEDBACK_POLL_INTERVAL_S,
             chores=chores,
