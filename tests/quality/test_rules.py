@@ -234,3 +234,23 @@ def test_the_worker_keeps_a_rules_thread_that_queues_a_new_thumbs_down_within_se
     finally:
         services.quality_worker_stop()
     assert QueueItem.objects.get(turn=turn).reason == "Disliked answers"
+
+
+def test_rules_list_and_match_commands(make_rule, user):
+    from io import StringIO
+
+    make_rule(name="Disliked", thumbs_down=True)
+    make_rule(name="Off", has_comment=True, enabled=False)
+    call_command("rules", "match", stdout=StringIO())  # the first pass starts the cursor
+    turn = TurnFactory(session__owner=user)
+    feedback_services.feedback_submit(user=user, turn=turn, is_correct=False)
+
+    matched, listed = StringIO(), StringIO()
+    call_command("rules", "match", stdout=matched)
+    call_command("rules", "list", stdout=listed)
+
+    assert "matched 1" in matched.getvalue()
+    assert listed.getvalue().splitlines() == [
+        "Disliked: enabled, 1 match(es)",
+        "Off: disabled, 0 match(es)",
+    ]
