@@ -14,6 +14,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from chat import selectors as chat_selectors
 from chat import tracing
 from feedback import selectors as feedback_selectors
+from quality.metrics import QualityCollector
 
 
 @require_GET
@@ -106,6 +107,7 @@ class _DatabaseCollector:
 
 _registry = CollectorRegistry(auto_describe=False)
 _registry.register(_DatabaseCollector())
+_registry.register(QualityCollector())  # rules, alerts, the review queue and webhooks
 
 
 @require_GET

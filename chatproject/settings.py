@@ -48,6 +48,7 @@ INSTALLED_APPS = [
     "feedback.apps.FeedbackConfig",
     "privacy.apps.PrivacyConfig",
     "evals.apps.EvalsConfig",
+    "quality.apps.QualityConfig",
 ]
 
 # Every one async-capable: the chat path runs without a thread hop per middleware (a test
@@ -343,6 +344,26 @@ CONVERSATION_RETENTION_DAYS = _days("CONVERSATION_RETENTION_DAYS")
 # The feedback worker starts a retention pass this often, and works through it a batch per chore.
 RETENTION_INTERVAL_S = env.float("RETENTION_INTERVAL_S", default=3600.0)
 RETENTION_BATCH = env.int("RETENTION_BATCH", default=500)
+
+# --- Quality: rules, webhooks and alerts (run by the feedback worker; docs/quality-alerts.md) ----
+# The feedback worker keeps a thread matching new votes against rules (and sending webhooks,
+# evaluating alerts) every QUALITY_MATCH_INTERVAL_S, beside delivery: a thumbs-down reaches the
+# review queue within about a second, however slow MLflow is.
+FEEDBACK_WORKER_CHORES += ["quality.services.quality_worker_ensure"]
+QUALITY_MATCH_INTERVAL_S = env.float("QUALITY_MATCH_INTERVAL_S", default=0.5)
+# Feedback is re-read from this long before the matching cursor (a vote saved before a pass but
+# committed after it is still seen).
+QUALITY_MATCH_LAG_S = env.float("QUALITY_MATCH_LAG_S", default=2.0)
+# "module.function" taking (*, dataset_name, turn, reason) -> bool that adds a turn to a dataset's
+# next version (the evals app); empty: a rule's dataset action is skipped with a log line.
+QUALITY_DATASET_STAGE = env.str(
+    "QUALITY_DATASET_STAGE", default="evals.services.dataset_stage"
+)
+QUALITY_ALERT_INTERVAL_S = env.float("QUALITY_ALERT_INTERVAL_S", default=30.0)
+QUALITY_WEBHOOK_TIMEOUT_S = env.float("QUALITY_WEBHOOK_TIMEOUT_S", default=5.0)
+QUALITY_WEBHOOK_RETRY_BASE_S = env.float("QUALITY_WEBHOOK_RETRY_BASE_S", default=5.0)
+QUALITY_WEBHOOK_RETRY_MAX_S = env.float("QUALITY_WEBHOOK_RETRY_MAX_S", default=900.0)
+QUALITY_WEBHOOK_MAX_ATTEMPTS = env.int("QUALITY_WEBHOOK_MAX_ATTEMPTS", default=12)
 
 # --- Review queue (admin) -------------------------------------------------------------------------
 # How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).

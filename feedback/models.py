@@ -65,6 +65,8 @@ class Feedback(models.Model):
         ]
         indexes = [
             models.Index(fields=["delivery_state", "next_attempt_at"], name="feedback_due"),
+            # Rules (quality) read what changed since their last pass.
+            models.Index(fields=["updated_at", "id"], name="feedback_changed"),
         ]
 
     def __str__(self) -> str:

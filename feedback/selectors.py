@@ -12,7 +12,7 @@ from django.shortcuts import get_object_or_404
 from chat import selectors as chat_selectors
 from chat.delivery import due
 from chat.models import Message, TraceExport, Turn
-from feedback.models import Feedback, ReviewClaim
+from feedback.models import Feedback, QueueItem, ReviewClaim
 
 
 def turn_by_request_id(*, user: AbstractBaseUser, client_request_id: str) -> Turn:
@@ -192,9 +192,11 @@ REVIEW_SIGNALS = {
     "thumbs_down": "Thumbs down",
     "low_rating": "Rated 1-2",
     "commented": "With a user comment",
+    "queued": "Queued by rules (open)",
     "any": "Every answered turn",
 }
-REVIEW_ORDERS = {"newest": "Newest first", "worst": "Worst first"}
+REVIEW_ORDERS = {"newest": "Newest first", "worst": "Worst first", "queued": "Queued first"}
+OPEN_ITEM = [QueueItem.State.NEW, QueueItem.State.IN_REVIEW]
 
 
 @dataclass(frozen=True)
@@ -228,12 +230,18 @@ def review_matching(*, filters: ReviewFilter) -> QuerySet[Turn]:
         "thumbs_down": Exists(own.filter(is_correct=False)),
         "low_rating": Exists(own.filter(rating__lte=2)),
         "commented": Exists(own.exclude(comment="")),
+        "queued": Exists(QueueItem.objects.filter(turn=OuterRef("pk"), state__in=OPEN_ITEM)),
     }
     turns = Turn.objects.filter(
         status=Turn.Status.COMPLETED, session__deleted_at__isnull=True
     ).annotate(
         owner_rating=Subquery(own.values("rating")[:1]),
         owner_is_correct=Subquery(own.values("is_correct")[:1]),
+        queued_at=Subquery(
+            QueueItem.objects.filter(turn=OuterRef("pk"), state__in=OPEN_ITEM).values("created_at")[
+                :1
+            ]
+        ),
     )
     if filters.signal in signals:
         turns = turns.filter(signals[filters.signal])
@@ -251,6 +259,9 @@ def review_matching(*, filters: ReviewFilter) -> QuerySet[Turn]:
             "-created_at",
             "-id",
         )
+    if filters.order == "queued":
+        # What rules (or staff) put in the queue, oldest item first, then the newest turns.
+        return turns.order_by(F("queued_at").asc(nulls_last=True), "-created_at", "-id")
     return turns.order_by("-created_at", "-id")
 
 
@@ -290,4 +301,5 @@ def review_context(*, turn: Turn, history: int = 10) -> dict:
         "question": next((m for m in mine if m.role == Message.Role.USER), None),
         "answer": next((m for m in mine if m.role == Message.Role.ASSISTANT), None),
         "owner_feedback": feedback_of(user=turn.user, turn=turn),
+        "queue_item": QueueItem.objects.filter(turn=turn).first(),
     }

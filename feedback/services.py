@@ -451,6 +451,9 @@ def review_claim_next(
     turn = _review_claim(reviewer=reviewer, filters=filters, skip=skip, now=now)
     if turn is not None:
         trace_request(trace_ids=[turn.trace_id], reason=LateReason.REVIEW)
+        QueueItem.objects.filter(turn=turn, state=QueueItem.State.NEW).update(
+            state=QueueItem.State.IN_REVIEW
+        )
     return turn
 
 
@@ -506,8 +509,29 @@ def review_label(
         # An empty box keeps a correction this reviewer set before rather than erasing it.
         expected_response=expected_response or UNSET,
     )
+    review_item_decide(reviewer=reviewer, turn=turn, feedback=feedback)
     review_release(reviewer=reviewer, turn=turn)
     return feedback
+
+
+def review_item_decide(*, reviewer: AbstractBaseUser, turn: Turn, feedback: Feedback) -> None:
+    """Move the turn's queue item (if it has one) on after a label.
+
+    Correct: "not a problem". Incorrect with a correction: "corrected". Incorrect without one:
+    still in review, since a correction is what the dataset needs.
+    """
+    if feedback.is_correct:
+        state = QueueItem.State.NOT_A_PROBLEM
+    elif feedback.expected_response:
+        state = QueueItem.State.CORRECTED
+    else:
+        QueueItem.objects.filter(turn=turn, state=QueueItem.State.NEW).update(
+            state=QueueItem.State.IN_REVIEW
+        )
+        return
+    QueueItem.objects.filter(turn=turn).update(
+        state=state, decided_at=timezone.now(), decided_by=reviewer
+    )
 
 
 def review_release(*, reviewer: AbstractBaseUser, turn: Turn | None = None) -> None:

@@ -78,7 +78,13 @@ class Command(BaseCommand):
             if asked := services.feedback_request_traces():
                 lines.append(f"asked for {asked} sampled-out trace(s) that feedback waits on")
             for chore in extra:  # wired by the project (settings), so feedback imports no app
-                lines += chore()
+                # One failing chore (a database hiccup in a retention pass) must not keep the
+                # others from running: each is on its own, and runs again next time.
+                try:
+                    lines += chore()
+                except Exception as exc:
+                    logger.exception("feedback worker chore failed chore=%s", chore.__qualname__)
+                    lines.append(f"{chore.__module__}.{chore.__qualname__} failed: {exc}"[:300])
             return lines
 
         run_worker(

@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('chat', '0007_trace_sampling'),
-        ('feedback', '0006_queue_item'),
+        ('feedback', '0007_feedback_changed_index'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
