@@ -345,7 +345,7 @@ CONVERSATION_RETENTION_DAYS = _days("CONVERSATION_RETENTION_DAYS")
 RETENTION_INTERVAL_S = env.float("RETENTION_INTERVAL_S", default=3600.0)
 RETENTION_BATCH = env.int("RETENTION_BATCH", default=500)
 
-# --- Quality: rules, webhooks and alerts (run by the feedback worker; docs/quality-alerts.md) ----
+# --- Quality: rules, webhooks and alerts (run by the feedback worker; docs/quality.md) ----
 # The feedback worker keeps a thread matching new votes against rules (and sending webhooks,
 # evaluating alerts) every QUALITY_MATCH_INTERVAL_S, beside delivery: a thumbs-down reaches the
 # review queue within about a second, however slow MLflow is.
@@ -373,7 +373,7 @@ REVIEW_LOW_KAPPA = env.float("REVIEW_LOW_KAPPA", default=0.4)
 
 # --- Evaluation dataset the admin action exports corrected turns into -----------------------------
 EVAL_DATASET_NAME = env.str("EVAL_DATASET_NAME", default="chat-corrections")
-# Versioned datasets and `manage.py evaluate` (docs/quality-datasets.md). A record passes when the
+# Versioned datasets and `manage.py evaluate` (docs/quality.md). A record passes when the
 # answer matches the correction once normalised, or their token-overlap F1 reaches the threshold.
 EVAL_MATCH_THRESHOLD = env.float("EVAL_MATCH_THRESHOLD", default=0.8)
 EVAL_CONCURRENCY = env.int("EVAL_CONCURRENCY", default=8)

@@ -10,7 +10,7 @@ class Command(BaseCommand):
         "Export production traces whose answers were corrected (expected_response) into an "
         "MLflow evaluation dataset. Idempotent: running it again adds no duplicates. "
         "Superseded by versioned datasets: `datasets add NAME --corrected --freeze` then "
-        "`datasets sync` (docs/quality-datasets.md); kept for existing users."
+        "`datasets sync` (docs/quality.md); kept for existing users."
     )
 
     def add_arguments(self, parser):
