@@ -356,9 +356,7 @@ QUALITY_MATCH_INTERVAL_S = env.float("QUALITY_MATCH_INTERVAL_S", default=0.5)
 QUALITY_MATCH_LAG_S = env.float("QUALITY_MATCH_LAG_S", default=2.0)
 # "module.function" taking (*, dataset_name, turn, reason) -> bool that adds a turn to a dataset's
 # next version (the evals app); empty: a rule's dataset action is skipped with a log line.
-QUALITY_DATASET_STAGE = env.str(
-    "QUALITY_DATASET_STAGE", default="evals.services.dataset_stage"
-)
+QUALITY_DATASET_STAGE = env.str("QUALITY_DATASET_STAGE", default="evals.services.dataset_stage")
 QUALITY_ALERT_INTERVAL_S = env.float("QUALITY_ALERT_INTERVAL_S", default=30.0)
 QUALITY_WEBHOOK_TIMEOUT_S = env.float("QUALITY_WEBHOOK_TIMEOUT_S", default=5.0)
 QUALITY_WEBHOOK_RETRY_BASE_S = env.float("QUALITY_WEBHOOK_RETRY_BASE_S", default=5.0)
@@ -368,6 +366,13 @@ QUALITY_WEBHOOK_MAX_ATTEMPTS = env.int("QUALITY_WEBHOOK_MAX_ATTEMPTS", default=1
 # --- Review queue (admin) -------------------------------------------------------------------------
 # How long a turn shown to one reviewer is kept from the others (a new label or skip ends it).
 REVIEW_CLAIM_S = env.float("REVIEW_CLAIM_S", default=300.0)
+# Where a turn stands from the review queue to a passing evaluation, for the review queue, the
+# Turn admin and the report (a dotted path; the `evals` app provides it; empty: not shown).
+TURN_LIFECYCLES = env.str("TURN_LIFECYCLES", default="evals.selectors.turn_lifecycles")
+# Reviewers who agree (docs/quality.md): the share of queue turns (picked by id) a second
+# reviewer labels blind, and every how many turns a reviewer is shown a gold item (0: never).
+REVIEW_DOUBLE_SHARE = _ratio("REVIEW_DOUBLE_SHARE", env.str("REVIEW_DOUBLE_SHARE", default="0.1"))
+REVIEW_GOLD_EVERY = env.int("REVIEW_GOLD_EVERY", default=10)
 # The agreement report marks a reviewer whose Cohen's kappa (with others, with gold) is below this.
 REVIEW_LOW_KAPPA = env.float("REVIEW_LOW_KAPPA", default=0.4)
 

@@ -32,3 +32,6 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     DATABASES["default"]["TEST"] = {"NAME": f"{_TMP}/test-db.sqlite3"}
 # Tests that count requests set their own rates; the rest must not trip over the defaults.
 THROTTLE_RATES = dict.fromkeys(THROTTLE_RATES, "100000/min")  # noqa: F405
+# Which turns get a second (blind) review depends on their ids: off, so a test's single label
+# settles its turn; tests of double review turn it on.
+REVIEW_DOUBLE_SHARE = 0.0

@@ -8,6 +8,7 @@ from collections import Counter
 
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
 from django.http import HttpResponseRedirect
@@ -232,6 +233,16 @@ def export_to_eval_dataset(modeladmin, request, queryset):
     modeladmin.message_user(request, text, messages.SUCCESS)
 
 
+class LifecycleChangeList(ChangeList):
+    """The page's lifecycles in a few queries for all its turns, not a few per row."""
+
+    def get_results(self, request):
+        super().get_results(request)
+        found = selectors.turn_lifecycles(turn_ids=[turn.pk for turn in self.result_list])
+        for turn in self.result_list:
+            turn._lifecycle = found.get(turn.pk)
+
+
 admin.site.unregister(Turn)
 
 
@@ -247,7 +258,24 @@ class LabelledTurnAdmin(TurnAdmin):
         set_expected_response,
         export_to_eval_dataset,
     ]
-    list_display = (*TurnAdmin.list_display[:4], "user_feedback", *TurnAdmin.list_display[4:])
+    list_display = (
+        *TurnAdmin.list_display[:4],
+        "user_feedback",
+        "lifecycle",
+        *TurnAdmin.list_display[4:],
+    )
+
+    def get_readonly_fields(self, request, obj=None):
+        return [*super().get_readonly_fields(request, obj), "lifecycle"]
+
+    def get_changelist(self, request, **kwargs):
+        return LifecycleChangeList
+
+    @admin.display(description="Lifecycle")
+    def lifecycle(self, obj: Turn) -> str:
+        if not hasattr(obj, "_lifecycle"):  # the change page: one turn
+            obj._lifecycle = selectors.turn_lifecycles(turn_ids=[obj.pk]).get(obj.pk)
+        return obj._lifecycle.label if obj._lifecycle is not None else "-"
 
     def get_queryset(self, request):
         own = Feedback.objects.filter(

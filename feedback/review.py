@@ -61,6 +61,7 @@ def review_page(modeladmin, request: HttpRequest) -> HttpResponse:
         context.update(selectors.review_context(turn=turn))
         context["trace_link"] = tracing.trace_link_html(turn.trace_id)
         context["form"] = ReviewLabelForm(initial={"turn": turn.pk})
+        context["lifecycle"] = selectors.turn_lifecycles(turn_ids=[turn.pk]).get(turn.pk)
     return TemplateResponse(request, "admin/feedback/review.html", context)
 
 

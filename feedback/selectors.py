@@ -3,11 +3,13 @@
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Avg, Count, Exists, F, OuterRef, Q, QuerySet, Subquery
-from django.db.models.functions import TruncDate
+from django.db.models.functions import Coalesce, Mod, TruncDate
 from django.http import Http404
 from django.shortcuts import get_object_or_404
+from django.utils.module_loading import import_string
 
 from chat import selectors as chat_selectors
 from chat.delivery import due
@@ -266,14 +268,62 @@ def review_matching(*, filters: ReviewFilter) -> QuerySet[Turn]:
 
 
 def review_queue(*, filters: ReviewFilter, reviewer: AbstractBaseUser, now: datetime):
-    """What `reviewer` may be shown next: matching, unlabelled (unless asked), not held."""
+    """What `reviewer` may be shown next: matching, needing their label (unless asked), not
+    held by anyone else."""
     turns = review_matching(filters=filters)
     if filters.unlabelled:
-        turns = turns.filter(~_labelled())
-    held = ReviewClaim.objects.filter(turn=OuterRef("pk"), expires_at__gt=now).exclude(
+        turns = _needing_label_from(turns, reviewer)
+    return turns.filter(~Exists(_held_by_others(reviewer, now)))
+
+
+def _held_by_others(reviewer: AbstractBaseUser, now: datetime) -> QuerySet[ReviewClaim]:
+    return ReviewClaim.objects.filter(turn=OuterRef("pk"), expires_at__gt=now).exclude(
         reviewer=reviewer
     )
-    return turns.filter(~Exists(held))
+
+
+def _count(feedback: QuerySet[Feedback]) -> Coalesce:
+    per_turn = feedback.order_by().values("turn").annotate(n=Count("pk")).values("n")[:1]
+    return Coalesce(Subquery(per_turn), 0)
+
+
+def _needing_label_from(turns: QuerySet[Turn], reviewer: AbstractBaseUser) -> QuerySet[Turn]:
+    """Turns `reviewer` has not judged that still need a staff label: nobody's yet; a second
+    (blind) one for the REVIEW_DOUBLE_SHARE of turns picked by id; a third where two disagree."""
+    labels = Feedback.objects.filter(turn=OuterRef("pk"), withdrawn=False).exclude(
+        user=OuterRef("user_id")
+    )
+    double_percent = round(settings.REVIEW_DOUBLE_SHARE * 100)
+    return turns.annotate(
+        staff_labels=_count(labels),
+        staff_correct=_count(labels.filter(is_correct=True)),
+        staff_wrong=_count(labels.filter(is_correct=False)),
+        id_percentile=Mod("id", 100),
+    ).filter(
+        ~Exists(Feedback.objects.filter(turn=OuterRef("pk"), user=reviewer, withdrawn=False)),
+        Q(staff_labels=0)
+        | Q(staff_labels=1, id_percentile__lt=double_percent)
+        | Q(staff_labels=2, staff_correct__gte=1, staff_wrong__gte=1),
+    )
+
+
+def gold_queue(*, reviewer: AbstractBaseUser, now: datetime) -> QuerySet[Turn]:
+    """Gold items `reviewer` has not labelled, not held by anyone else, oldest first."""
+    return (
+        Turn.objects.filter(gold_item__isnull=False)
+        .exclude(feedback__user=reviewer, feedback__withdrawn=False)
+        .filter(~Exists(_held_by_others(reviewer, now)))
+        .order_by("gold_item__created_at", "id")
+    )
+
+
+def gold_due(*, reviewer: AbstractBaseUser) -> bool:
+    """Whether the next turn shown to `reviewer` is a gold item: every REVIEW_GOLD_EVERY-th."""
+    every = settings.REVIEW_GOLD_EVERY
+    if not every:
+        return False
+    given = Feedback.objects.filter(user=reviewer, withdrawn=False).exclude(turn__user=reviewer)
+    return (given.count() + 1) % every == 0
 
 
 def review_progress(*, filters: ReviewFilter) -> tuple[int, int]:
@@ -303,3 +353,20 @@ def review_context(*, turn: Turn, history: int = 10) -> dict:
         "owner_feedback": feedback_of(user=turn.user, turn=turn),
         "queue_item": QueueItem.objects.filter(turn=turn).first(),
     }
+
+
+def turn_lifecycles(*, turn_ids) -> dict:
+    """{turn id: lifecycle} (`.label`, `.stage`) from the app named by TURN_LIFECYCLES (the
+    datasets and evaluations live above feedback, so it is wired by settings); {} when unset."""
+    if not settings.TURN_LIFECYCLES:
+        return {}
+    return import_string(settings.TURN_LIFECYCLES)(turn_ids=list(turn_ids))
+
+
+def lifecycle_counts() -> dict[str, int]:
+    """How many turns that entered the review queue stand at each lifecycle stage."""
+    queued = QueueItem.objects.values_list("turn_id", flat=True)
+    counts: dict[str, int] = {}
+    for lifecycle in turn_lifecycles(turn_ids=queued).values():
+        counts[lifecycle.stage] = counts.get(lifecycle.stage, 0) + 1
+    return counts

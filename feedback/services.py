@@ -472,6 +472,15 @@ def _review_claim(
     for turn in queue.filter(review_claim__reviewer=reviewer)[:1]:
         ReviewClaim.objects.filter(turn=turn, reviewer=reviewer).update(expires_at=until)
         return turn
+    if selectors.gold_due(reviewer=reviewer):
+        # Unannounced, whatever the filters: a turn whose right label is known.
+        gold = selectors.gold_queue(reviewer=reviewer, now=now).exclude(pk__in=list(skip))
+        if (turn := _claim_first(gold, reviewer=reviewer, now=now, until=until)) is not None:
+            return turn
+    return _claim_first(queue, reviewer=reviewer, now=now, until=until)
+
+
+def _claim_first(queue, *, reviewer: AbstractBaseUser, now: datetime, until: datetime):
     for turn in queue[:20]:
         # Two reviewers racing for one turn: the claim row's primary key lets one through.
         with transaction.atomic():

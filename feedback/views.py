@@ -6,6 +6,14 @@ from django.template.response import TemplateResponse
 
 from feedback import selectors
 
+# The lifecycle's order, from the vote to a passing evaluation.
+_STAGES = {
+    stage: i
+    for i, stage in enumerate(
+        ["new", "in review", "not a problem", "corrected", "in dataset", "failing", "passing"]
+    )
+}
+
 
 @staff_member_required
 def feedback_report_page(request):
@@ -25,5 +33,8 @@ def feedback_report_page(request):
         "rows": rows,
         "group_by": group_by,
         "groups": sorted(selectors.REPORT_GROUPS),
+        "lifecycle": sorted(
+            selectors.lifecycle_counts().items(), key=lambda kv: _STAGES.get(kv[0], 99)
+        ),
     }
     return TemplateResponse(request, "admin/feedback/report.html", context)

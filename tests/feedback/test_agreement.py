@@ -82,3 +82,78 @@ def test_the_agreement_page_shows_the_report_to_labellers_only(client):
     assert page.status_code == 200
     assert "Reviewer agreement" in page.content.decode()
     assert staff.username in page.content.decode()
+
+
+# --- The queue's side: double review, gold items, a third reviewer ------------------------------
+
+
+def _queue_for(reviewer, **filters):
+    from django.utils import timezone
+
+    from feedback.selectors import ReviewFilter, review_queue
+
+    return list(
+        review_queue(
+            filters=ReviewFilter(signal="", **filters), reviewer=reviewer, now=timezone.now()
+        )
+    )
+
+
+def _next_for(reviewer):
+    from feedback.selectors import ReviewFilter
+
+    turn = services.review_claim_next(reviewer=reviewer, filters=ReviewFilter(signal=""))
+    if turn is not None:
+        services.review_release(reviewer=reviewer, turn=turn)
+    return turn
+
+
+def test_a_double_reviewed_turn_waits_for_a_second_reviewer_and_never_comes_back_to_the_first(
+    settings,
+):
+    ann, bob = UserFactory(is_staff=True), UserFactory(is_staff=True)
+    turns = [TurnFactory() for _ in range(100)]
+    settings.REVIEW_DOUBLE_SHARE = 0.1
+    double = [t for t in turns if t.pk % 100 < 10]
+    single = [t for t in turns if t.pk % 100 >= 10]
+    assert len(double) == 10
+
+    for turn in turns:
+        _label(ann, turn, True)
+
+    assert _queue_for(ann) == []
+    assert sorted(t.pk for t in _queue_for(bob)) == sorted(t.pk for t in double)
+    _label(bob, double[0], True)
+    assert double[0] not in _queue_for(bob) and single[0] not in _queue_for(bob)
+
+
+def test_two_reviewers_who_disagree_send_the_turn_to_a_third_until_a_majority(settings):
+    settings.REVIEW_DOUBLE_SHARE = 1.0
+    ann, bob, cat, dan = (UserFactory(is_staff=True) for _ in range(4))
+    turn = TurnFactory()
+    _label(ann, turn, True)
+    _label(bob, turn, False)
+
+    assert _queue_for(ann) == [] and _queue_for(bob) == []
+    assert _queue_for(cat) == [turn]
+    _label(cat, turn, False)
+    assert _queue_for(dan) == []
+    assert agreement_report().settled == 1
+
+
+def test_every_nth_turn_shown_is_a_gold_item_whatever_the_filters(settings):
+    settings.REVIEW_GOLD_EVERY = 3
+    ann = UserFactory(is_staff=True)
+    gold_turn = TurnFactory(app_version="9.9")
+    GoldItem.objects.create(turn=gold_turn, is_correct=False)
+    ordinary = [TurnFactory() for _ in range(5)]
+
+    shown = []
+    for _ in range(4):
+        turn = _next_for(ann)
+        shown.append(turn)
+        _label(ann, turn, True)
+
+    assert shown[2] == gold_turn  # the third: two labels given, the next is gold
+    assert gold_turn not in shown[:2] + shown[3:]
+    assert set(shown) - {gold_turn} <= set(ordinary)
