@@ -20,6 +20,9 @@ class FakeOpenAIServer:
         # {word: reply}: a conversation whose system prompt contains `word` (any case) gets
         # `reply` instead of the echo (a prompt change that changes the answers).
         self.replies_by_system_word: dict[str, str] = {}
+        # {word: reply}, checked first: a question containing `word` (any case) gets `reply`
+        # whatever the system prompt (a case every prompt answers right).
+        self.replies_by_question_word: dict[str, str] = {}
         self.requests: list[dict] = []
         server = self
 
@@ -46,6 +49,13 @@ class FakeOpenAIServer:
                     m["content"] for m in body["messages"] if m.get("role") == "system"
                 ).lower()
                 content = next(
+                    (
+                        r
+                        for w, r in server.replies_by_question_word.items()
+                        if w.lower() in last.lower()
+                    ),
+                    None,
+                ) or next(
                     (r for w, r in server.replies_by_system_word.items() if w.lower() in system),
                     f"echo[{len(body['messages'])}]: {last}",
                 )
