@@ -131,14 +131,25 @@ def test_one_thumbs_down_through_a_rule_the_queue_a_dataset_and_an_evaluation(
     page.goto(live_server.url + "/admin/reports/feedback/")
     expect(page.locator("#lifecycle-table")).to_contain_text("passing")
 
-    # The agreement report, for the README (two reviewers on one more turn).
+    # The agreement report, for the README: three reviewers on twelve turns, two gold items.
     if SCREENSHOTS:
-        other = UserFactory(username="sam", is_staff=True)
         from feedback import services as feedback_services
+        from feedback.models import GoldItem
 
-        for question, verdicts in [("Refund?", (True, True)), ("Invoice?", (False, True))]:
-            turn, _ = answered_turn(question=question, answer="Maybe.")
-            feedback_services.feedback_submit(user=lead, turn=turn, is_correct=verdicts[0])
-            feedback_services.feedback_submit(user=other, turn=turn, is_correct=verdicts[1])
+        sam, kim = (
+            UserFactory(username="sam", is_staff=True),
+            UserFactory(username="kim", is_staff=True),
+        )
+        verdicts = {
+            lead: "CCWCCWCCWCCW",
+            sam: "CCWCCWCWWCCC",
+            kim: "CWCCWWCCWWCC",
+        }
+        turns = [answered_turn(question=f"Question {i}?", answer="Maybe.")[0] for i in range(12)]
+        for turn, known in ((turns[0], True), (turns[2], False)):
+            GoldItem.objects.create(turn=turn, is_correct=known, created_by=lead)
+        for reviewer, labels in verdicts.items():
+            for turn, label in zip(turns, labels, strict=True):
+                feedback_services.feedback_submit(user=reviewer, turn=turn, is_correct=label == "C")
         page.goto(admin + "chat/turn/agreement/")
         page.screenshot(path=f"{SCREENSHOTS}/agreement.png", full_page=True)
