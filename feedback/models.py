@@ -65,6 +65,8 @@ class Feedback(models.Model):
         ]
         indexes = [
             models.Index(fields=["delivery_state", "next_attempt_at"], name="feedback_due"),
+            # Delivered feedback changed since a time (`audit_traces --since`).
+            models.Index(fields=["delivery_state", "updated_at"], name="feedback_state_updated"),
         ]
 
     def __str__(self) -> str:
