@@ -168,9 +168,10 @@ def _insert_new(store: SqlAlchemyStore, experiment, infos: Sequence[TraceInfo]) 
 # MLflow's (experiment, time) index for the search's `ORDER BY timestamp_ms` and reads every trace.
 #
 # PostgreSQL refuses a B-tree entry over ~2.7 kB and a metadata value may be up to 8,000
-# characters, so there the metadata index covers the user key only (a partial index, which its
-# planner uses because psycopg2 sends the key as a literal). SQLite has no such limit, and its
-# planner cannot use a partial index for MLflow's bound `key = ?`, so there it covers every key.
+# characters, so there the metadata index is a hash index on the value (equality only, no size
+# limit; a partial index on the user key would be lost to the generic plans psycopg 3's prepared
+# statements get). SQLite has no such limit, and its planner cannot use a partial index for
+# MLflow's bound `key = ?`, so there it is a B-tree on (key, value).
 SEARCH_INDEXES = {
     "sqlite": [
         "CREATE INDEX IF NOT EXISTS chat_trace_metadata_key_value "
@@ -179,8 +180,8 @@ SEARCH_INDEXES = {
         "ON trace_info (experiment_id, client_request_id, timestamp_ms)",
     ],
     "postgresql": [
-        "CREATE INDEX IF NOT EXISTS chat_trace_metadata_user "
-        "ON trace_request_metadata (value) WHERE key = 'mlflow.trace.user'",
+        "CREATE INDEX IF NOT EXISTS chat_trace_metadata_value "
+        "ON trace_request_metadata USING hash (value)",
         "CREATE INDEX IF NOT EXISTS chat_trace_info_client_request_id "
         "ON trace_info (experiment_id, client_request_id, timestamp_ms)",
     ],
@@ -191,8 +192,8 @@ def ensure_search_indexes(store: SqlAlchemyStore) -> list[str]:
     """Create the indexes the app's trace searches need in the store's database, if missing.
 
     Returns the statements run (none for a dialect this does not know, e.g. MySQL). On a large
-    existing store the first run builds the indexes (about a minute per million traces), holding
-    the write lock meanwhile: run it once when the app is quiet (`configure()` does, at start-up).
+    existing store the first run builds the indexes (on SQLite about 10 s per million traces
+    here), holding the write lock meanwhile (`configure()` runs it, at start-up).
     """
     from sqlalchemy import text
 
