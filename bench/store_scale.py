@@ -848,17 +848,17 @@ def main() -> None:
     ]
     base = args.sizes[0]
     print()
-    head = f"{'ms':36}{f'{base:,} p50':>13}{'p99':>9}"
-    head += "".join(f"{f'{s:,} p50':>13}{'p99':>9}{'x':>7}" for s in args.sizes[1:])
+    head = f"{'ms':36}{f'{base:,} p50':>14}{'p99':>9}"
+    head += "".join(f"{f'{s:,} p50':>14}{'p99':>9}{'x':>7}" for s in args.sizes[1:])
     print(head)
     for key, label in rows:
         values = figures[base][key]
-        line = f"{label:36}{percentile(values, 50):13.1f}{percentile(values, 99):9.1f}"
+        line = f"{label:36}{percentile(values, 50):14.1f}{percentile(values, 99):9.1f}"
         for size in args.sizes[1:]:
             values = figures[size][key]
             p50 = percentile(values, 50)
             ratio = p50 / percentile(beside[size][key], 50)
-            line += f"{p50:13.1f}{percentile(values, 99):9.1f}{ratio:6.2f}x"
+            line += f"{p50:14.1f}{percentile(values, 99):9.1f}{ratio:6.2f}x"
         print(line)
     n = {k: len(v) for k, v in figures[base].items()}
     print(
