@@ -94,11 +94,26 @@ def traces_audit(*, since: datetime | None = None, progress: Progress = None) ->
         _check(batch, audit, total, progress)
 
     since_ms = int(since.timestamp() * 1000) if since else None
-    known = set(TraceExport.objects.values_list("trace_id", flat=True))
-    known |= set(Turn.objects.exclude(trace_id="").values_list("trace_id", flat=True))
     in_mlflow = tracing.experiment_trace_ids(since_ms=since_ms)
-    audit.without_turn = [t for t in in_mlflow if t not in known]
+    audit.without_turn = _unknown(in_mlflow)
     return audit
+
+
+def _unknown(trace_ids: list[str]) -> list[str]:
+    """Those of these trace ids that no trace row or turn names, in their order.
+
+    Looked up by id, a batch at a time (both columns are indexed), so an audit of the last day
+    reads the last day's rows, not every trace id the database ever stored.
+    """
+    unknown = []
+    for start in range(0, len(trace_ids), BATCH):
+        chunk = trace_ids[start : start + BATCH]
+        known = set(
+            TraceExport.objects.filter(trace_id__in=chunk).values_list("trace_id", flat=True)
+        )
+        known |= set(Turn.objects.filter(trace_id__in=chunk).values_list("trace_id", flat=True))
+        unknown += [t for t in chunk if t not in known]
+    return unknown
 
 
 def _check(batch: dict[str, dict], audit: TraceAudit, total: int, progress: Progress) -> None:

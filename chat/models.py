@@ -75,7 +75,12 @@ class Turn(models.Model):
                 fields=["user", "client_request_id"], name="turn_unique_request_id_per_user"
             )
         ]
-        indexes = [models.Index(fields=["session", "created_at"], name="turn_session_created")]
+        indexes = [
+            models.Index(fields=["session", "created_at"], name="turn_session_created"),
+            # Answered turns since a time (the trace accounting in `audit_traces --since`, the
+            # report): without it SQLite counts them by walking every trace row.
+            models.Index(fields=["status", "created_at"], name="turn_status_created"),
+        ]
 
     def __str__(self) -> str:
         return f"Turn {self.pk} ({self.client_request_id})"
@@ -206,7 +211,12 @@ class TraceExport(models.Model):
     objects = TraceExportManager()
 
     class Meta:
-        indexes = [models.Index(fields=["state", "next_attempt_at"], name="traceexport_due")]
+        indexes = [
+            models.Index(fields=["state", "next_attempt_at"], name="traceexport_due"),
+            # Rows in a state since a time (`audit_traces --since`): the state alone is every
+            # exported row of the store.
+            models.Index(fields=["state", "created_at"], name="traceexport_state_created"),
+        ]
 
     def __str__(self) -> str:
         return f"Trace {self.trace_id} of turn {self.turn_id} ({self.state})"

@@ -67,6 +67,8 @@ class Feedback(models.Model):
             models.Index(fields=["delivery_state", "next_attempt_at"], name="feedback_due"),
             # Rules (quality) read what changed since their last pass.
             models.Index(fields=["updated_at", "id"], name="feedback_changed"),
+            # Delivered feedback changed since a time (`audit_traces --since`).
+            models.Index(fields=["delivery_state", "updated_at"], name="feedback_state_updated"),
         ]
 
     def __str__(self) -> str:

@@ -201,6 +201,7 @@ def _get_or_create_experiment(name: str) -> str:
     if _over_http(tracking_uri()):
         return _get_or_create_experiment_over_rest(name)
     client = mlflow_api().MlflowClient()  # a local store: the full package, as in the tests
+    _ensure_search_indexes(client)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -216,6 +217,16 @@ def _get_or_create_experiment(name: str) -> str:
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def _ensure_search_indexes(client) -> None:
+    """Searches by user and request id stay fast however large the store grows (see
+    `sqlstore.SEARCH_INDEXES`); only a process given the store's database can add them."""
+    from chat.tracing import sqlstore
+
+    store = client._tracking_client.store
+    if sqlstore.is_sql_store(store):
+        sqlstore.ensure_search_indexes(store)
 
 
 def _get_or_create_experiment_over_rest(name: str) -> str:

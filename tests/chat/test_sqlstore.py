@@ -6,6 +6,9 @@ compare every row of every table: an MLflow upgrade that changes what `start_tra
 here, not silently in production.
 """
 
+import contextlib
+import sqlite3
+
 import pytest
 import sqlalchemy
 from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
@@ -221,3 +224,64 @@ def test_a_batch_that_fails_on_a_colliding_row_is_not_reported_stored(tmp_path, 
 
     for info in infos[:-1]:
         assert store.get_trace_info(info.trace_id).experiment_id == exp_id
+
+
+def _search_plans(store, exp_id, filter_string: str) -> list[str]:
+    """SQLite's plan for the query MLflow's `search_traces` runs for this filter."""
+    statements = []
+
+    def capture(conn, cursor, statement, params, context, executemany):
+        if statement.lstrip().startswith("SELECT trace_info.request_id"):
+            statements.append((statement, params))
+
+    sqlalchemy.event.listen(store.engine, "before_cursor_execute", capture)
+    try:
+        store.search_traces(
+            locations=[exp_id],
+            filter_string=filter_string,
+            max_results=50,
+            order_by=["timestamp_ms DESC"],
+        )
+    finally:
+        sqlalchemy.event.remove(store.engine, "before_cursor_execute", capture)
+    (statement, params), *_ = statements
+    # A connection of its own: a pooled one may hold the statement prepared before the indexes.
+    with contextlib.closing(sqlite3.connect(store.engine.url.database)) as connection:
+        plan = connection.execute(f"EXPLAIN QUERY PLAN {statement}", params)
+        return [row[3] for row in plan]
+
+
+SEARCHES = {
+    "user": ("metadata.`mlflow.trace.user` = '7'", "chat_trace_metadata_key_value"),
+    "request id": ("attributes.client_request_id = 'req-1'", "chat_trace_info_client_request_id"),
+}
+
+
+@pytest.mark.parametrize("search", sorted(SEARCHES))
+def test_a_search_by_user_or_request_id_is_an_index_lookup_not_a_walk_over_every_trace(
+    tmp_path, search
+):
+    """Without the app's indexes SQLite walks every trace of the experiment for both searches,
+    so they cost in proportion to the store (bench/store_scale.py); with them, a lookup."""
+    filter_string, index = SEARCHES[search]
+    store, exp_id = _store(tmp_path, "search")
+    walk = _search_plans(store, exp_id, filter_string)
+    assert not any(index in step for step in walk)
+    assert any("index_trace_info_experiment_id_timestamp_ms" in step for step in walk)
+
+    assert sqlstore.ensure_search_indexes(store)
+    assert sqlstore.ensure_search_indexes(store)  # idempotent
+
+    plan = _search_plans(store, exp_id, filter_string)
+    assert any(f"USING INDEX {index}" in step for step in plan), plan
+    assert not any("experiment_id_timestamp_ms" in step for step in plan), plan
+
+
+def test_the_tracking_store_gets_the_search_indexes_when_the_app_configures_it(
+    mlflow_experiment, settings
+):
+    store = SqlAlchemyStore(settings.MLFLOW_TRACKING_URI, "unused")
+    with store.engine.connect() as connection:
+        names = connection.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'index'")
+        names = {row[0] for row in names}
+    assert {"chat_trace_metadata_key_value", "chat_trace_info_client_request_id"} <= names

@@ -158,3 +158,33 @@ def test_the_old_thumbs_a_vote_change_brought_back_is_reported_and_repaired_for_
     code, out = _audit(capsys, "--repair")
     assert code == 0, out
     assert [a.name for a in assessments(turn["trace_id"], include_invalid=True)] == ["user_rating"]
+
+
+def test_an_audit_since_a_time_reads_that_time_by_index_not_every_row_of_the_store(settled, capsys):
+    """`audit_traces --since 1d` on a store of a million traces must read a day's rows: every
+    query it makes finds them through an index, none walks a whole table (SQLite's plans, which
+    it makes without statistics as the app never runs ANALYZE; bench/store_scale.py times it)."""
+    from datetime import timedelta
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite's query plans")
+    since = (timezone.now() - timedelta(days=1)).isoformat()
+    with CaptureQueriesContext(connection) as queries:
+        code, out = _audit(capsys, "--since", since)
+    assert code == 0, out
+    assert "traces: 3 checked in MLflow" in out
+
+    walks = []
+    with connection.cursor() as cursor:
+        for query in queries.captured_queries:
+            if not query["sql"].startswith("SELECT"):
+                continue
+            cursor.execute(f"EXPLAIN QUERY PLAN {query['sql']}")
+            plan = [row[3] for row in cursor.fetchall()]
+            if any(step.startswith("SCAN ") for step in plan):
+                walks.append((query["sql"][:200], plan))
+    assert walks == []
