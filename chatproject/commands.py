@@ -3,28 +3,42 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from django.core.management.base import CommandError
 from django.db import close_old_connections
+from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 logger = logging.getLogger(__name__)
 
 
+_AGO = re.compile(r"^(\d+)([smhd])$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
 def parse_when(value: str | None, option: str) -> datetime | None:
-    """A date or ISO 8601 time from the command line. Raises: CommandError."""
+    """A date, an ISO 8601 time, or a time ago (`30m`, `6h`, `1d`) from the command line.
+
+    Raises: CommandError.
+    """
     if not value:
         return None
+    if ago := _AGO.match(value.strip()):
+        return timezone.now() - timedelta(seconds=int(ago[1]) * _UNIT_S[ago[2]])
     parsed = parse_datetime(value) or parse_datetime(f"{value}T00:00:00+00:00")
     if parsed is None:
-        raise CommandError(f"{option} {value!r} is not a date or ISO 8601 time")
-    return parsed
+        raise CommandError(
+            f"{option} {value!r} is not a date, an ISO 8601 time or a time ago such as 1d or 6h"
+        )
+    # A date, or a time without an offset, is in the project's time zone (UTC).
+    return timezone.make_aware(parsed) if timezone.is_naive(parsed) else parsed
 
 
 def summary(counts: Counter) -> str:

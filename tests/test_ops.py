@@ -48,3 +48,19 @@ def test_metrics_count_turns_traces_and_feedback_in_prometheus_format(client, ap
     assert "chat_trace_oldest_pending_age_seconds 0.0" in text
     assert 'chat_turn_latency_seconds_bucket{le="+Inf"} 2.0' in text
     assert 'chat_feedback{state="pending"} 0.0' in text
+
+
+def test_command_times_take_a_date_an_iso_time_or_a_time_ago():
+    from datetime import timedelta
+
+    from django.core.management import CommandError
+    from django.utils import timezone
+
+    from chatproject.commands import parse_when
+
+    assert parse_when("2026-12-01", "--since").isoformat() == "2026-12-01T00:00:00+00:00"
+    ago = timezone.now() - parse_when("1d", "--since")
+    assert timedelta(hours=23, minutes=59) < ago <= timedelta(days=1, seconds=5)
+    assert timezone.now() - parse_when("30m", "--since") < timedelta(minutes=31)
+    with pytest.raises(CommandError, match="time ago such as 1d"):
+        parse_when("yesterday", "--since")

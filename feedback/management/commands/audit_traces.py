@@ -16,7 +16,10 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("--since", help="only turns and feedback from this time on (ISO 8601)")
+        parser.add_argument(
+            "--since",
+            help="only turns and feedback from this time on (a date, ISO 8601, or ago: 1d, 6h)",
+        )
         parser.add_argument("--repair", action="store_true", help="write what is wrong again")
 
     def handle(self, *args, since: str | None, repair: bool, **options):
