@@ -131,7 +131,11 @@ def test_a_model_that_answers_nothing_fails_the_run_without_becoming_the_baselin
 def test_runs_compare_only_with_runs_scored_the_same_way(prod, mlflow_experiment, capsys):
     evaluate("--threshold", "0")  # every answer "matches"
     evaluate()  # fails, but against no baseline: no regression
-    assert "first completed run on support@v1" in capsys.readouterr().out.split("run 2")[-1]
+    # (split on the run's own line: an MLflow run id may start with "2" too)
+    assert (
+        "first completed run on support@v1"
+        in capsys.readouterr().out.split("evaluation run 2:")[-1]
+    )
     evaluate("--threshold", "0")
     loose, strict, again = EvaluationRun.objects.order_by("id")
     assert (loose.passed, strict.passed, again.passed) == (1, 0, 1)
