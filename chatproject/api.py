@@ -10,6 +10,7 @@ from django.http import JsonResponse, QueryDict
 from django.views import defaults
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, serializers, status
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.throttling import ScopedRateThrottle, SimpleRateThrottle
@@ -128,6 +129,18 @@ class BoundedJSONParser(JSONParser):
 
 
 # --- Throttling: DRF's throttles, rates from settings.THROTTLE_RATES when each request comes ------
+
+
+class StrictContentNegotiation(DefaultContentNegotiation):
+    """`?format=` names a renderer or is a 404, as DRF answers an unknown one; DRF alone takes
+    an empty `?format=` as no format at all, which the schema's enum does not allow."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        param = self.settings.URL_FORMAT_OVERRIDE
+        given = request.query_params.get(param) if param and not format_suffix else None
+        if given == "":
+            raise exceptions.NotFound(f"?{param}= names no format; leave it out or give one")
+        return super().select_renderer(request, renderers, format_suffix)
 
 
 class ScopedThrottle(ScopedRateThrottle):

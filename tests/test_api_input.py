@@ -142,3 +142,14 @@ def test_an_unknown_page_is_still_html(client):
 
     assert response.status_code == 404
     assert response["Content-Type"].startswith("text/html")
+
+
+def test_an_empty_format_parameter_is_a_404_not_taken_as_no_format(api):
+    # Schemathesis found `?format=` answered 200, though the schema's enum allows json or sse.
+    empty = api.post("/api/chat/?format=", {"message": "hi"}, format="json")
+    unknown = api.post("/api/chat/?format=xml", {"message": "hi"}, format="json")
+    named = api.post("/api/chat/?format=json", {"message": "hi"}, format="json")
+
+    assert empty.status_code == 404 and "names no format" in empty.json()["detail"]
+    assert unknown.status_code == 404
+    assert named.status_code == 200
