@@ -250,10 +250,6 @@ CHAT_OVERLOAD_RETRY_AFTER_S = env.int("CHAT_OVERLOAD_RETRY_AFTER_S", default=2)
 # ~2x a JSON turn's CPU, and a process with more streams than its CPU carries accepts even its
 # refusals late (docs/serving.md). 256 / 3: ~85 streams per process.
 CHAT_STREAM_TURN_WEIGHT = env.int("CHAT_STREAM_TURN_WEIGHT", default=3)
-# A process whose event loop runs this late (the CPU is the limit, whatever the cap) refuses new
-# turns with the same 503 until it catches up; 0: off. Measured by a timer every probe interval.
-CHAT_MAX_LOOP_LAG_S = env.float("CHAT_MAX_LOOP_LAG_S", default=0.25)
-CHAT_LOOP_LAG_PROBE_S = env.float("CHAT_LOOP_LAG_PROBE_S", default=0.05)
 # A streamed turn sends an SSE comment when the model has been silent this long (proxies and
 # browsers drop idle connections); 0: never.
 CHAT_STREAM_KEEPALIVE_S = env.float("CHAT_STREAM_KEEPALIVE_S", default=15.0)
