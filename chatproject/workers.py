@@ -28,7 +28,7 @@ class ChatWorker(UvicornWorker):
         # SQLite's write lock that long. 1 ms: 128 streamed users 0.81 -> 0.93 of ideal, time
         # to first token p50 +770 -> +150 ms (bench/concurrency.py, docs/serving.md).
         sys.setswitchinterval(float(os.environ.get("GIL_SWITCH_INTERVAL_S", "0.001")))
-        _limit_malloc_arenas(int(os.environ.get("WEB_MALLOC_ARENA_MAX", "2")))
+        _limit_malloc_arenas(int(os.environ.get("WEB_MALLOC_ARENA_MAX", "0")))
         super().init_process()
 
 
@@ -40,10 +40,12 @@ def _limit_malloc_arenas(arenas: int) -> None:
 
     Every thread that allocates (Django's sync_to_async threads, the ORM units) may get an arena
     of its own, each holding freed memory apart. With two, a worker holds 88.5-88.9 MB after
-    1,000 turns instead of 90.8-91.5 MB (bench/footprint.py, two runs each way). Set here, in
-    the worker before its threads start, so it holds however gunicorn is started
-    (MALLOC_ARENA_MAX in the environment must be set before the master starts). Nothing on
-    other C libraries.
+    1,000 turns instead of 90.8-91.5 MB (bench/footprint.py, two runs each way), but 128
+    streamed users on SQLite got 0.86-0.90 of ideal instead of 0.90-0.95 (bench/concurrency.py,
+    alternating runs: the ORM threads share fewer arenas). So off by default, for a machine
+    short of memory rather than CPU. Set here, in the worker before its threads start, so it
+    holds however gunicorn is started (MALLOC_ARENA_MAX in the environment must be set before
+    the master starts). Nothing on other C libraries.
     """
     if arenas <= 0:
         return
