@@ -4,15 +4,17 @@ Apart from chatproject.api because DRF's settings import that module: adrf impor
 """
 
 from adrf import views as adrf_views
+from asgiref.sync import iscoroutinefunction, sync_to_async
 
-from chatproject.asyncdb import release_connections
+from chatproject.asyncdb import release_connections, run_unit
 
 
 class AsyncAPIView(adrf_views.APIView):
     """An APIView whose handlers are coroutines.
 
-    Authentication, permissions and throttles run first as one short unit of ORM work in the
-    request's thread; its connection is given back before the handler awaits anything.
+    Authentication, permissions and throttles run first as one short unit of ORM work (on the
+    unit threads, chatproject.asyncdb); its connection is given back before the handler awaits
+    anything.
     """
 
     def initial(self, request, *args, **kwargs):
@@ -20,3 +22,24 @@ class AsyncAPIView(adrf_views.APIView):
             super().initial(request, *args, **kwargs)
         finally:
             release_connections()
+
+    async def async_dispatch(self, request, *args, **kwargs):
+        # adrf's, with `initial` run as a unit (adrf hands it to the request's own thread).
+        self.args = args
+        self.kwargs = kwargs
+        request = self.initialize_request(request, *args, **kwargs)
+        self.request = request
+        self.headers = self.default_response_headers
+        try:
+            await run_unit(self.initial)(request, *args, **kwargs)
+            handler = getattr(self, request.method.lower(), None)
+            if request.method.lower() not in self.http_method_names or handler is None:
+                handler = self.http_method_not_allowed
+            if iscoroutinefunction(handler):
+                response = await handler(request, *args, **kwargs)
+            else:
+                response = await sync_to_async(handler)(request, *args, **kwargs)
+        except Exception as exc:
+            response = self.handle_exception(exc)
+        self.response = self.finalize_response(request, response, *args, **kwargs)
+        return self.response

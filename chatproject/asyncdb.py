@@ -1,43 +1,105 @@
 """ORM work from async code: short sync units, each giving its database connection back.
 
-Django's ORM is synchronous. An async view runs it through `sync_to_async` in the request's own
-thread (Django's thread-sensitive mode). Connections there belong to that thread; without care
-one stays open for the whole request, model call included. A unit closes what it opened when it
-returns: back to the pool on PostgreSQL (`OPTIONS["pool"]`), closed on SQLite. So a turn holds a
-connection only while it reads or writes, never while the model thinks (docs/serving.md).
+Django's ORM is synchronous. An async view runs it through `sync_to_async`. A unit is one such
+call around a function that reads or writes and returns; it never holds a connection while the
+model thinks (docs/serving.md).
+
+Where a unit runs:
+- under the ASGI server (settings.DB_UNIT_THREADS > 0, the default): on a small pool of
+  long-lived threads shared by every request of the process. The threads and, on SQLite, their
+  connections are made once and reused, instead of one thread per request (Django's
+  thread-sensitive mode) that opens a connection per unit: at 128 users that was a third of a
+  turn's ORM time in `connect()`/`close()` and a glibc arena per thread. On PostgreSQL a unit
+  gives its connection back to psycopg's pool when it ends, so the pool's bound holds;
+- when called from sync code (runserver's WSGI, the test client: an outer sync thread exists,
+  and the test's transaction lives there) or with DB_UNIT_THREADS = 0: in Django's
+  thread-sensitive mode, the caller's thread, closing what it opened when it returns.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from asgiref.sync import sync_to_async
+from asgiref.sync import AsyncToSync, sync_to_async
+from django.conf import settings
 from django.db import connections
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
+_pool: ThreadPoolExecutor | None = None
+_pool_guard = threading.Lock()
+_unit_thread = threading.local()  # .pooled: this thread is one of the pool's
+
 
 def release_connections() -> None:
     """Give back this thread's connections, except one a caller's transaction still holds.
 
-    (A test's transaction wraps the whole test: its connection must stay.)
+    (A test's transaction wraps the whole test: its connection must stay.) In a pool thread an
+    SQLite connection in a good state stays open for the thread's next unit.
     """
+    pooled = getattr(_unit_thread, "pooled", False)
     for connection in connections.all(initialized_only=True):
-        if not connection.in_atomic_block:
-            connection.close()
+        if connection.in_atomic_block:
+            continue
+        if pooled and _reusable(connection):
+            continue
+        connection.close()
+
+
+def _reusable(connection) -> bool:
+    return (
+        connection.vendor == "sqlite"
+        and connection.connection is not None
+        and not connection.errors_occurred
+        and connection.get_autocommit()
+    )
+
+
+def _mark_pooled() -> None:
+    _unit_thread.pooled = True
+
+
+def unit_pool() -> ThreadPoolExecutor | None:
+    """The process's unit threads, made on first use (after a fork: gunicorn's workers)."""
+    global _pool
+    threads = settings.DB_UNIT_THREADS
+    if threads <= 0:
+        return None
+    if _pool is None or _pool._max_workers != threads:
+        with _pool_guard:
+            if _pool is None or _pool._max_workers != threads:
+                if _pool is not None:  # the setting changed (a test): new units, new threads
+                    _pool.shutdown(wait=False)
+                _pool = ThreadPoolExecutor(
+                    threads, thread_name_prefix="db-unit", initializer=_mark_pooled
+                )
+    return _pool
+
+
+def run_unit(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """`func`, awaitable, on the unit pool when there is one and no outer sync thread."""
+    pool = unit_pool()
+    if pool is None or getattr(AsyncToSync.executors, "current", None) is not None:
+        return sync_to_async(func)
+    return sync_to_async(func, thread_sensitive=False, executor=pool)
 
 
 def db_unit(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     """`func` as an awaitable unit of ORM work whose connections are given back when it ends."""
 
-    @functools.wraps(func)
     def unit(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return func(*args, **kwargs)
         finally:
             release_connections()
 
-    return sync_to_async(unit)
+    @functools.wraps(func)
+    async def awaitable(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await run_unit(unit)(*args, **kwargs)
+
+    return awaitable

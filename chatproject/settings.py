@@ -120,6 +120,10 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "timeout": env.float("DB_POOL_TIMEOUT_S", default=10.0),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# Threads per process that run async views' ORM units (chatproject/asyncdb.py), made once and
+# shared by every request; on SQLite each keeps its connection. 0: Django's thread-sensitive mode,
+# a thread per request and a connection per unit. On PostgreSQL at most DB_POOL_MAX_SIZE are useful.
+DB_UNIT_THREADS = env.int("DB_UNIT_THREADS", default=8)
 
 # Shared by every worker and instance (throttle counts live here): the database the deployment
 # already has, by default; CACHE_URL=redis://host:6379/1 for Redis in production.

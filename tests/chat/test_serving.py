@@ -4,12 +4,14 @@ a process's limits. Requests go through Django's real ASGI handler (tests/asgi.p
 import asyncio
 import gc
 import logging
+import threading
 import time
 
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync
 from django.core.signals import request_started
 from django.db import connections
+from django.db.backends.signals import connection_created
 
 from chat.capacity import turn_slots
 from chat.models import Turn
@@ -192,3 +194,43 @@ def test_the_llm_span_times_the_awaited_model_call(api, llm_server, get_trace):
     llm, root = spans["llm"], spans["chat_turn"]
     assert llm.end_time_ns - llm.start_time_ns >= 0.3e9
     assert root.start_time_ns <= llm.start_time_ns and llm.end_time_ns <= root.end_time_ns
+
+
+@pytest.mark.django_db(transaction=True)
+def test_served_turns_run_their_orm_units_on_the_shared_unit_threads(token, llm_server, settings):
+    # As under uvicorn: an event loop with no sync thread above it (not async_to_sync).
+    settings.DB_UNIT_THREADS = 2
+    made = []  # (thread, connection) of every connection a unit opened
+
+    def created(sender, connection, **kwargs):
+        made.append((threading.current_thread().name, connection))
+
+    def idle(connection) -> bool:
+        if connection.vendor == "sqlite":  # the unit thread's own, kept open between units
+            return not connection.in_atomic_block
+        return connection.connection is None  # back in psycopg's pool
+
+    idle_while_thinking = []
+    llm_server.on_request = lambda: idle_while_thinking.append(all(idle(c) for _, c in made))
+    connection_created.connect(created)
+    try:
+
+        async def three_turns():
+            return await asyncio.gather(
+                asgi_post_async("/api/chat/", {"message": "one"}, token=token),
+                asgi_post_async("/api/chat/", {"message": "two"}, token=token),
+                asgi_post_async("/api/chat/", {"message": "three", "stream": True}, token=token),
+            )
+
+        responses = asyncio.run(three_turns())
+    finally:
+        connection_created.disconnect(created)
+
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert responses[2].events()[-1][0] == "done"
+    assert Turn.objects.filter(status=Turn.Status.COMPLETED).count() == 3
+    assert made and {name.split("_")[0] for name, _ in made} == {"db-unit"}
+    assert idle_while_thinking == [True, True, True]
+    if connections["default"].vendor == "sqlite":
+        # Twelve units, two threads: each opened its connection once.
+        assert len(made) <= settings.DB_UNIT_THREADS
