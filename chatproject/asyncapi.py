@@ -5,6 +5,7 @@ Apart from chatproject.api because DRF's settings import that module: adrf impor
 
 from adrf import views as adrf_views
 from asgiref.sync import iscoroutinefunction, sync_to_async
+from rest_framework.views import APIView
 
 from chatproject.asyncdb import release_connections, run_unit
 
@@ -22,6 +23,13 @@ class AsyncAPIView(adrf_views.APIView):
             super().initial(request, *args, **kwargs)
         finally:
             release_connections()
+
+    def check_throttles(self, request):
+        # adrf hands even an empty list of async throttles to `async_to_sync`: a hop back to
+        # the event loop, waited for by the unit's thread, on every turn. Ours are sync.
+        if any(iscoroutinefunction(t.allow_request) for t in self.get_throttles()):
+            return super().check_throttles(request)
+        return APIView.check_throttles(self, request)
 
     async def async_dispatch(self, request, *args, **kwargs):
         # adrf's, with `initial` run as a unit (adrf hands it to the request's own thread).

@@ -11,6 +11,10 @@ Where a unit runs:
   thread-sensitive mode) that opens a connection per unit: at 128 users that was a third of a
   turn's ORM time in `connect()`/`close()` and a glibc arena per thread. On PostgreSQL a unit
   gives its connection back to psycopg's pool when it ends, so the pool's bound holds;
+- the rest of a request's sync work (its signals' receivers, a sync view, a session save) runs,
+  as Django wants, in one thread for the whole request; under the ASGI server that thread is one
+  of WEB_REQUEST_THREADS long-lived ones (`request_context`), the least busy when the request
+  arrives, instead of a thread made and joined (by another thread) per request;
 - when called from sync code (runserver's WSGI, the test client: an outer sync thread exists,
   and the test's transaction lives there) or with DB_UNIT_THREADS = 0: in Django's
   thread-sensitive mode, the caller's thread, closing what it opened when it returns.
@@ -24,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from asgiref.sync import AsyncToSync, sync_to_async
+from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
 from django.conf import settings
 from django.db import connections
 
@@ -103,3 +107,40 @@ def db_unit(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
         return await run_unit(unit)(*args, **kwargs)
 
     return awaitable
+
+
+class _RequestThread(ThreadPoolExecutor):
+    """One long-lived thread for requests' thread-sensitive work, counting what it has queued."""
+
+    def __init__(self, number: int):
+        super().__init__(1, thread_name_prefix=f"request-{number}")
+        self.queued = 0
+        self._count = threading.Lock()
+
+    def submit(self, fn, /, *args, **kwargs):
+        with self._count:
+            self.queued += 1
+        future = super().submit(fn, *args, **kwargs)
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, future) -> None:
+        with self._count:
+            self.queued -= 1
+
+
+_request_threads: list[_RequestThread] = []
+
+
+def request_context() -> ThreadSensitiveContext:
+    """The context an ASGI request runs in: Django's own (a thread of the request's own), or,
+    under the server with WEB_REQUEST_THREADS > 0, one on the least busy long-lived thread."""
+    wanted = settings.WEB_REQUEST_THREADS
+    if wanted <= 0 or getattr(AsyncToSync.executors, "current", None) is not None:
+        return ThreadSensitiveContext()  # a sync caller (a test) keeps its thread
+    if len(_request_threads) != wanted:
+        with _pool_guard:
+            while len(_request_threads) < wanted:
+                _request_threads.append(_RequestThread(len(_request_threads)))
+            del _request_threads[wanted:]  # (the setting shrank: a test) left to finish alone
+    return ThreadSensitiveContext(executor=min(_request_threads, key=lambda t: t.queued))

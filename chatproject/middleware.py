@@ -15,6 +15,8 @@ from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonR
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.decorators import sync_and_async_middleware
 
+from chatproject.asyncdb import request_context
+
 
 @sync_and_async_middleware
 def refuse_nul_in_query(get_response: Callable):
@@ -159,7 +161,14 @@ ASGI_INLINE = {
 
 
 class ASGIHandler(asgi.ASGIHandler):
-    """Django's ASGI handler with the middleware of settings.MIDDLEWARE, hooks inline."""
+    """Django's ASGI handler with the middleware of settings.MIDDLEWARE, hooks inline, and each
+    request's sync work on a long-lived thread (chatproject.asyncdb.request_context)."""
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)  # Django's refusal
+        async with request_context():
+            await self.handle(scope, receive, send)
 
     def load_middleware(self, is_async=False):
         declared = settings.MIDDLEWARE

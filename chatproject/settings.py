@@ -124,6 +124,9 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # shared by every request; on SQLite each keeps its connection. 0: Django's thread-sensitive mode,
 # a thread per request and a connection per unit. On PostgreSQL at most DB_POOL_MAX_SIZE are useful.
 DB_UNIT_THREADS = env.int("DB_UNIT_THREADS", default=8)
+# Long-lived threads per process for the rest of requests' sync work (request signals, sync views,
+# the admin), each request on the least busy; 0: a thread made per request, as Django does.
+WEB_REQUEST_THREADS = env.int("WEB_REQUEST_THREADS", default=8)
 
 # Shared by every worker and instance (throttle counts live here): the database the deployment
 # already has, by default; CACHE_URL=redis://host:6379/1 for Redis in production.
@@ -239,7 +242,12 @@ LOGGING = {
     "formatters": {"kv": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "kv"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"mlflow": {"level": "WARNING"}, "alembic": {"level": "WARNING"}},
+    "loggers": {
+        "mlflow": {"level": "WARNING"},
+        "alembic": {"level": "WARNING"},
+        # The model client logs every HTTP request at INFO; a turn's own log line says more.
+        "httpx2": {"level": "WARNING"},
+    },
 }
 
 # --- Chat -------------------------------------------------------------------------------------

@@ -213,24 +213,35 @@ def test_served_turns_run_their_orm_units_on_the_shared_unit_threads(token, llm_
     idle_while_thinking = []
     llm_server.on_request = lambda: idle_while_thinking.append(all(idle(c) for _, c in made))
     connection_created.connect(created)
+    # The request's own sync work (its signals' receivers): a long-lived thread, not a new one.
+    settings.WEB_REQUEST_THREADS = 2
+    signalled = []
+    request_started.connect(
+        spy := lambda **kwargs: signalled.append(threading.current_thread().name), weak=False
+    )
     try:
 
-        async def three_turns():
-            return await asyncio.gather(
-                asgi_post_async("/api/chat/", {"message": "one"}, token=token),
-                asgi_post_async("/api/chat/", {"message": "two"}, token=token),
-                asgi_post_async("/api/chat/", {"message": "three", "stream": True}, token=token),
-            )
+        async def three_turns():  # one after another: no other turn's unit runs meanwhile
+            return [
+                await asgi_post_async("/api/chat/", {"message": "one"}, token=token),
+                await asgi_post_async("/api/chat/", {"message": "two"}, token=token),
+                await asgi_post_async("/api/chat/", {"message": "3", "stream": True}, token=token),
+            ]
 
         responses = asyncio.run(three_turns())
     finally:
         connection_created.disconnect(created)
+        request_started.disconnect(spy)
 
     assert [r.status for r in responses] == [200, 200, 200]
     assert responses[2].events()[-1][0] == "done"
     assert Turn.objects.filter(status=Turn.Status.COMPLETED).count() == 3
     assert made and {name.split("_")[0] for name, _ in made} == {"db-unit"}
     assert idle_while_thinking == [True, True, True]
+    assert len(signalled) == 3 and {name.split("_")[0] for name in signalled} <= {
+        "request-0",
+        "request-1",
+    }
     if connections["default"].vendor == "sqlite":
         # Twelve units, two threads: each opened its connection once.
         assert len(made) <= settings.DB_UNIT_THREADS
