@@ -59,9 +59,10 @@ Columns:
 The notes under the table: CPU of each part as % of one core over the row (app: gunicorn and
 its workers; model; background: mlflow server and delivery workers; postgres; load: the client
 processes; bench: this process's polling; other: whatever else kept the machine busy, from
-/proc/stat), how long after the window the last open turn ended, the model's replies and the
-requests the app cancelled, and model requests a row inherited from the one before or left
-running past the settle timeout.
+/proc/stat), how long after the window the last open turn ended, how late the load generator's
+own event loop ran at worst (a slow answer may be the client's, not the app's), the model's
+replies and the requests the app cancelled, and model requests a row inherited from the one
+before or left running past the settle timeout.
 
 The temp dir is deleted at the end unless --keep, or something went wrong: processes that died
 and WARNING / ERROR lines and tracebacks in the logs are printed as PROBLEM lines.
@@ -108,6 +109,7 @@ POLL_S = 0.15
 MACHINE = "machine"  # the CPU of the whole machine, beside the parts'
 BENCH = "bench"  # this process: the polling of /proc, the database and the model
 PROGRESS_S = 5.0
+LAG_PROBE_S = 0.05  # how often a client checks its own event loop's lateness
 # Passed from this command's environment to the app (settings to try, e.g. a turns-in-flight cap).
 PASS_PREFIXES = ("CHAT_", "WEB_", "GUNICORN_")
 KEEP_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER", "LOGNAME")
@@ -241,6 +243,14 @@ async def run_client(spec: dict) -> dict:
             if outcome != "ok":
                 await asyncio.sleep(min(spec["error_pause"], max(0.0, window_end - loop.time())))
 
+    lag = [0.0]  # the client's own event loop: its longest lateness (a slow answer may be ours)
+
+    async def lag_probe() -> None:
+        while True:
+            due = loop.time() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)
+            lag[0] = max(lag[0], loop.time() - due)
+
     async def progress() -> None:
         while True:
             await asyncio.sleep(PROGRESS_S)
@@ -254,9 +264,16 @@ async def run_client(spec: dict) -> dict:
     timeout = aiohttp.ClientTimeout(total=spec["timeout"])
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         reporter = asyncio.create_task(progress())
+        prober = asyncio.create_task(lag_probe())
         await asyncio.gather(*(user_loop(session, i, token) for i, token in users))
         reporter.cancel()
-    return {"turns": turns, "cpu_s": time.process_time() - cpu0, "wall_s": loop.time() - t0}
+        prober.cancel()
+    return {
+        "turns": turns,
+        "cpu_s": time.process_time() - cpu0,
+        "wall_s": loop.time() - t0,
+        "loop_lag_max_s": lag[0],
+    }
 
 
 def client_main(spec_path: Path) -> int:
@@ -630,6 +647,7 @@ class Row:
     cpu_pct: dict[str, float] = field(default_factory=dict)
     traces: int | None = None
     drain_s: float | None = None
+    client_lag_s: float = 0.0  # the load generator's own longest event-loop lateness
 
     @property
     def label(self) -> str:
@@ -678,6 +696,7 @@ class Row:
             "trace_drain_s": self.drain_s,
             "cpu_pct": self.cpu_pct,
             "tail_s": max(0.0, last_end - window[1]),
+            "client_loop_lag_max_s": self.client_lag_s,
         }
 
 
@@ -735,6 +754,7 @@ def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, w
             result = json.loads((tmp / f"out-{k}.json").read_text())
             row.turns += result["turns"]
             cpu += result["cpu_s"]
+            row.client_lag_s = max(row.client_lag_s, result["loop_lag_max_s"])
         watch.finish(row)
         row.cpu_pct["load"] = 100 * cpu / max(wall, 1e-9)
         # What else ran meanwhile (the machine may be shared): all busy CPU minus the parts.
@@ -918,6 +938,8 @@ def print_table(rows: list[dict]) -> None:
             + ", ".join(f"{name} {pct:.0f}" for name, pct in row["cpu_pct"].items())
         ]
         notes.append(f"last open turn ended {row['tail_s']:.1f}s after the window")
+        if (lag := row.get("client_loop_lag_max_s")) is not None:
+            notes.append(f"load generator's own loop late by at most {lag:.2f}s")
         if row["traces_stored"] is not None:
             drain = row["trace_drain_s"]
             notes.append(
