@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from asgiref.sync import AsyncToSync
 from django.conf import settings
 
 from chat.exceptions import LLMTimeout, LLMUnavailable
@@ -258,45 +259,93 @@ class OpenAICompatibleChat:
         self.timeout_s = timeout_s
         self._clients: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
-    def _client(self):
-        loop = asyncio.get_running_loop()
-        client = self._clients.get(loop)
-        if client is None:
-            # Retries are ours to decide: a chat turn should fail fast with a clear 502/504.
-            # The client's own cap (1,000 connections) is above the app's turn cap per process.
-            # Its HTTP transport is aiohttp's (the SDK's `aiohttp` extra): the default one scans
-            # its whole connection pool on every request (O(turns in flight)) and parses
-            # responses in Python (py-spy at 512 JSON users: 13% of the event loop's samples in
-            # that scan alone).
-            client = self._openai.AsyncOpenAI(
-                base_url=self._base_url,
-                api_key=self._api_key,
-                timeout=self.timeout_s,
-                max_retries=0,
-                http_client=self._openai.DefaultAioHttpClient(timeout=self.timeout_s),
-            )
-            self._clients[loop] = client
-        return client
+    def _new_client(self):
+        # Retries are ours to decide: a chat turn should fail fast with a clear 502/504.
+        # The client's own cap (1,000 connections) is above the app's turn cap per process.
+        # Its HTTP transport is aiohttp's (the SDK's `aiohttp` extra): the default one scans
+        # its whole connection pool on every request (O(turns in flight)) and parses
+        # responses in Python (py-spy at 512 JSON users: 13% of the event loop's samples in
+        # that scan alone).
+        return self._openai.AsyncOpenAI(
+            base_url=self._base_url,
+            api_key=self._api_key,
+            timeout=self.timeout_s,
+            max_retries=0,
+            http_client=self._openai.DefaultAioHttpClient(timeout=self.timeout_s),
+        )
+
+    @contextlib.asynccontextmanager
+    async def _session(self) -> AsyncIterator:
+        """The `AsyncOpenAI` client for one call.
+
+        Under the ASGI server: one per event loop, kept, with its connection pool. Under a sync
+        caller (runserver's WSGI, Django's test client) each request runs on an event loop of its
+        own that ends with it, so the call gets a client of its own, closed when the call ends:
+        a kept one would leave its connections open behind a closed loop.
+        """
+        if getattr(AsyncToSync.executors, "current", None) is None:
+            loop = asyncio.get_running_loop()
+            client = self._clients.get(loop)
+            if client is None:
+                client = self._clients[loop] = self._new_client()
+            yield client
+            return
+        client = self._new_client()
+        try:
+            yield client
+        finally:
+            await client.close()
+
+    async def aclose(self) -> None:
+        """Close the client kept for the running event loop (its connections), if any."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.close()
+
+    def _body(self, messages: Sequence[ChatMessage], **extra) -> dict:
+        return {"model": self.model, "messages": [m.as_dict() for m in messages], **extra}
+
+    async def _post(self, client, body: dict, trace_headers: TraceHeaders | None, *, stream: bool):
+        """POST /chat/completions through the SDK's client, returning its raw HTTP response.
+
+        `client.post` is the SDK's documented way to an endpoint as it is (its "undocumented
+        endpoints"): the same client, connection pool, timeout and errors as
+        `chat.completions.create`, without what `create` adds per call: it walks the whole
+        request through its TypedDict annotations (`async_transform`), hashing typing aliases
+        at every level of every message, and builds a pydantic model of the answer. py-spy at
+        512 JSON users put 39 % of the event loop's busy time in that walk alone. Our body is
+        already what the API takes: plain JSON of strings.
+        """
+        return await client.post(
+            "/chat/completions",
+            cast_to=self._httpx.Response,
+            body=body,
+            options={"headers": dict(trace_headers or {})},
+            stream=stream,
+            stream_cls=None,
+        )
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
     ) -> LLMReply:
         """Raises: LLMTimeout, LLMUnavailable."""
         with self._errors():
-            async with asyncio.timeout(self.timeout_s):
-                completion = await self._client().chat.completions.create(
-                    model=self.model,
-                    messages=[m.as_dict() for m in messages],
-                    extra_headers=dict(trace_headers or {}),
-                )
-        self._check_choices(completion)
-        content = completion.choices[0].message.content
-        usage = completion.usage
+            async with self._session() as client, asyncio.timeout(self.timeout_s):
+                body = self._body(messages)
+                response = await self._post(client, body, trace_headers, stream=False)
+        try:
+            completion = json.loads(response.content)
+            content = completion["choices"][0]["message"]["content"]
+        except (ValueError, LookupError, TypeError) as exc:
+            raise LLMUnavailable("The language model returned no answer.") from exc
+        if not isinstance(content, str):
+            raise LLMUnavailable("The language model returned no answer.")
+        usage = completion.get("usage") or {}
         return LLMReply(
             content=content,
-            model=completion.model or self.model,
-            prompt_tokens=usage.prompt_tokens if usage else 0,
-            completion_tokens=usage.completion_tokens if usage else _count_tokens(content),
+            model=completion.get("model") or self.model,
+            prompt_tokens=usage.get("prompt_tokens") or 0,
+            completion_tokens=usage.get("completion_tokens") or _count_tokens(content),
         )
 
     def stream(
@@ -305,32 +354,31 @@ class OpenAICompatibleChat:
         """Raises (while iterating): LLMTimeout, LLMUnavailable."""
         usage: dict = {}
         model_name = [self.model]
+        body = self._body(messages, stream=True, stream_options={"include_usage": True})
 
         async def pieces() -> AsyncIterator[str]:
             # The raw event stream, each chunk read with `json.loads`: the SDK's typed chunks
             # (a pydantic model built per token) cost ~2/3 of a streamed turn's CPU (py-spy,
             # bench/concurrency.py at 128 users). Errors and the HTTP client stay the SDK's.
             with self._errors():
-                async with self._client().chat.completions.with_streaming_response.create(
-                    model=self.model,
-                    messages=[m.as_dict() for m in messages],
-                    stream=True,
-                    stream_options={"include_usage": True},
-                    extra_headers=dict(trace_headers or {}),
-                ) as response:
-                    # Leaving this block (the end, an error, a cancelled turn) closes the
-                    # response, which tells the model server to stop generating.
-                    async for line in response.iter_lines():
-                        chunk = _sse_chunk(line)
-                        if chunk is None:
-                            continue
-                        model_name[0] = chunk.get("model") or model_name[0]
-                        if chunk.get("usage"):
-                            usage.update(chunk["usage"])
-                        for choice in chunk.get("choices") or ():
-                            content = (choice.get("delta") or {}).get("content")
-                            if content:
-                                yield content
+                async with self._session() as client:
+                    response = await self._post(client, body, trace_headers, stream=True)
+                    try:
+                        async for line in response.aiter_lines():
+                            chunk = _sse_chunk(line)
+                            if chunk is None:
+                                continue
+                            model_name[0] = chunk.get("model") or model_name[0]
+                            if chunk.get("usage"):
+                                usage.update(chunk["usage"])
+                            for choice in chunk.get("choices") or ():
+                                content = (choice.get("delta") or {}).get("content")
+                                if content:
+                                    yield content
+                    finally:
+                        # The end, an error, a cancelled turn: closing the response tells the
+                        # model server to stop generating.
+                        await response.aclose()
 
         def finish(text: str) -> LLMReply:
             return LLMReply(
@@ -358,11 +406,6 @@ class OpenAICompatibleChat:
             ) from exc
         except openai.APIError as exc:
             raise LLMUnavailable("The language model could not be reached.") from exc
-
-    @staticmethod
-    def _check_choices(completion) -> None:
-        if not completion.choices or completion.choices[0].message.content is None:
-            raise LLMUnavailable("The language model returned no answer.")
 
 
 def _sse_chunk(line: str) -> dict | None:

@@ -14,6 +14,7 @@ from django.db import connections
 from django.db.backends.signals import connection_created
 
 from chat.capacity import turn_slots
+from chat.llm import get_chat_model
 from chat.models import Turn
 from tests.asgi import asgi_post, asgi_post_async
 
@@ -222,11 +223,13 @@ def test_served_turns_run_their_orm_units_on_the_shared_unit_threads(token, llm_
     try:
 
         async def three_turns():  # one after another: no other turn's unit runs meanwhile
-            return [
+            answered = [
                 await asgi_post_async("/api/chat/", {"message": "one"}, token=token),
                 await asgi_post_async("/api/chat/", {"message": "two"}, token=token),
                 await asgi_post_async("/api/chat/", {"message": "3", "stream": True}, token=token),
             ]
+            await get_chat_model().aclose()  # the loop's kept client, before the loop closes
+            return answered
 
         responses = asyncio.run(three_turns())
     finally:
