@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import uuid
@@ -40,6 +41,17 @@ class TurnClaim:
     join_caller: bool = True
     question_id: int | None = None  # the stored question (`Message`), which the trace names
     username: str = ""  # who asked, as the trace shows them (read here: no query while answering)
+    began_ns: int | None = None  # when the claim began: the turn's trace starts there
+    history: LoadedHistory | None = None  # the conversation so far, read with the claim
+
+
+@dataclass(frozen=True)
+class LoadedHistory:
+    """The turns before this one, for the prompt, and when they were read (the trace's span)."""
+
+    messages: list[ChatMessage]
+    start_ns: int
+    end_ns: int
 
 
 @dataclass(frozen=True)
@@ -90,9 +102,43 @@ def turn_begin(
 ) -> TurnClaim:
     """Store the question and claim its turn; a repeated request id is claimed as a replay.
 
+    A claim to answer carries the conversation's history for the prompt, read in the same unit
+    of ORM work (one hop to a unit thread per turn fewer: under load each waits for a free
+    thread, and on SQLite behind the writes queued for the lock).
     Answer the claim with `turn_answer` (one piece) or `turn_stream` (server-sent events).
     Raises: Http404 (someone else's or no such session), RequestIdConflict.
     """
+    began_ns = time.time_ns()
+    claim = _turn_claim(
+        user=user,
+        message=message,
+        session_id=session_id,
+        client_request_id=client_request_id,
+        endpoint=endpoint,
+        caller=caller,
+    )
+    if claim.replay is not None:
+        return claim
+    return dataclasses.replace(claim, began_ns=began_ns, history=_history_read(claim.turn))
+
+
+def _history_read(turn: Turn) -> LoadedHistory:
+    start_ns = time.time_ns()
+    messages = selectors.history_for_llm(
+        session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
+    )
+    return LoadedHistory(messages=messages, start_ns=start_ns, end_ns=time.time_ns())
+
+
+def _turn_claim(
+    *,
+    user: AbstractBaseUser,
+    message: str,
+    session_id,
+    client_request_id: str | None,
+    endpoint: str,
+    caller: tracing.CallerContext | None,
+) -> TurnClaim:
     client_request_id = client_request_id or new_request_id()
     # A caller's trace already recorded by another turn (or attempt) is not joined twice.
     join_caller = caller is None or not selectors.trace_recorded(otel_trace_id=caller.trace_id)
@@ -325,13 +371,18 @@ def _trace_for(claim: TurnClaim):
         caller=claim.caller,
         join_caller=claim.join_caller,
         question_id=claim.question_id,
+        started_ns=claim.began_ns,
     )
 
 
 async def _prompt_for(claim: TurnClaim) -> list[ChatMessage]:
     turn = claim.turn
     with tracing.history_span(session_id=str(turn.session_id)) as span:
-        history = await _history_for(turn)
+        if claim.history is not None:  # read with the claim (`turn_begin`): its own times
+            history = claim.history.messages
+            span.timed(claim.history.start_ns, claim.history.end_ns)
+        else:
+            history = await _history_for(turn)
         span.set_outputs({"messages": len(history)})
     return [
         ChatMessage("system", settings.LLM_SYSTEM_PROMPT),
@@ -342,9 +393,7 @@ async def _prompt_for(claim: TurnClaim) -> list[ChatMessage]:
 
 @db_unit
 def _history_for(turn: Turn) -> list[ChatMessage]:
-    return selectors.history_for_llm(
-        session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
-    )
+    return _history_read(turn).messages
 
 
 def _trace_headers(span: tracing.Span, caller: tracing.CallerContext | None) -> dict[str, str]:

@@ -150,6 +150,10 @@ class Span:
         }
         self.set_attribute(CHAT_USAGE, usage)
 
+    def timed(self, start_ns: int, end_ns: int) -> None:
+        """The span's times, measured where its work ran (a unit of ORM work before the span)."""
+        self.data["start_ns"], self.data["end_ns"] = start_ns, end_ns
+
     def end(self, error: BaseException | None = None) -> None:
         if self.data["end_ns"] is None:
             self.data["end_ns"] = time.time_ns()
@@ -346,10 +350,12 @@ def turn_trace(
     caller: CallerContext | None = None,
     join_caller: bool = True,
     question_id: int | None = None,
+    started_ns: int | None = None,
 ) -> Iterator[TurnTrace | None]:
     """Record one chat turn's trace (in its caller's trace, given one); None when tracing is off.
 
     `question_id` is the stored question's message (the payload names it instead of copying).
+    `started_ns`: when the turn began (its claim, stored before the trace opens), else now.
     An exception leaving the block ends the root span ERROR (and goes on to the caller).
     """
     if not settings.TRACING_ENABLED:
@@ -366,6 +372,8 @@ def turn_trace(
         join_caller=join_caller,
         question_id=question_id,
     )
+    if started_ns is not None:
+        trace.data["start_ns"] = started_ns
     token = _current.set(trace)
     try:
         yield trace

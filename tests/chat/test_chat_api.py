@@ -56,6 +56,13 @@ def test_turn_is_one_trace_with_who_where_which_request_and_deployment(
     assert set(spans) == {"chat_turn", "load_history", "llm"}
     assert spans["llm"].span_type == "CHAT_MODEL"
     assert spans["llm"].parent_id == spans["chat_turn"].span_id
+    # The turn's trace covers the turn from its claim: the question stored, the history read
+    # with it (one unit of ORM work), then the model.
+    root, history, llm = spans["chat_turn"], spans["load_history"], spans["llm"]
+    assert history.parent_id == root.span_id
+    assert root.start_time_ns <= history.start_time_ns <= history.end_time_ns
+    assert history.end_time_ns <= llm.start_time_ns <= llm.end_time_ns <= root.end_time_ns
+    assert root.start_time_ns <= int(turn.started_at.timestamp() * 1e9) + 1_000_000
     assert spans["llm"].inputs["messages"][-1] == {
         "role": "user",
         "content": "How do I reset my password?",
