@@ -176,6 +176,9 @@ class ChatModel(Protocol):
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None
     ) -> ReplyStream: ...
 
+    async def aclose(self) -> None:
+        """Close what this model keeps for the running event loop (before the loop ends)."""
+
 
 def _count_tokens(text: str) -> int:
     # A word/punctuation count: close enough to BPE counts for usage figures of the local model.
@@ -190,6 +193,9 @@ class LocalResponder:
     def __init__(self, token_delay_s: float = 0.0):
         # Simulated generation speed, so streaming looks and measures like a real model.
         self.token_delay_s = token_delay_s
+
+    async def aclose(self) -> None:
+        pass  # keeps nothing
 
     async def complete(
         self, messages: Sequence[ChatMessage], *, trace_headers: TraceHeaders | None = None

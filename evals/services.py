@@ -518,10 +518,13 @@ async def _score_all(
 
     scored: list[_Scored] = []
     every = max(1, len(records) // 10)
-    for task in asyncio.as_completed([one(r) for r in records]):
-        scored.append(await task)
-        if progress and (len(scored) % every == 0 or len(scored) == len(records)):
-            progress(len(scored), len(records))
+    try:
+        for task in asyncio.as_completed([one(r) for r in records]):
+            scored.append(await task)
+            if progress and (len(scored) % every == 0 or len(scored) == len(records)):
+                progress(len(scored), len(records))
+    finally:
+        await model.aclose()  # its client's connections, before this event loop ends
     return scored
 
 
