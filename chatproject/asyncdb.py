@@ -22,10 +22,11 @@ Where a unit runs:
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
@@ -132,10 +133,34 @@ class _RequestThread(ThreadPoolExecutor):
 _request_threads: list[_RequestThread] = []
 
 
+class RequestExecutor(Executor):
+    """One request's way to its long-lived thread, noting whether the request ever used it."""
+
+    def __init__(self, thread: _RequestThread):
+        self._thread = thread
+        self.used = False
+
+    def submit(self, fn, /, *args, **kwargs):
+        self.used = True
+        return self._thread.submit(fn, *args, **kwargs)
+
+
+_request_executor: contextvars.ContextVar[RequestExecutor | None] = contextvars.ContextVar(
+    "request_executor", default=None
+)
+
+
+def request_thread_used() -> bool:
+    """Whether this request has run anything on its thread (True under Django's own mode)."""
+    executor = _request_executor.get()
+    return executor is None or executor.used
+
+
 def request_context() -> ThreadSensitiveContext:
     """The context an ASGI request runs in: Django's own (a thread of the request's own), or,
     under the server with WEB_REQUEST_THREADS > 0, one on the least busy long-lived thread."""
     wanted = settings.WEB_REQUEST_THREADS
+    _request_executor.set(None)
     if wanted <= 0 or getattr(AsyncToSync.executors, "current", None) is not None:
         return ThreadSensitiveContext()  # a sync caller (a test) keeps its thread
     if len(_request_threads) != wanted:
@@ -143,4 +168,6 @@ def request_context() -> ThreadSensitiveContext:
             while len(_request_threads) < wanted:
                 _request_threads.append(_RequestThread(len(_request_threads)))
             del _request_threads[wanted:]  # (the setting shrank: a test) left to finish alone
-    return ThreadSensitiveContext(executor=min(_request_threads, key=lambda t: t.queued))
+    executor = RequestExecutor(min(_request_threads, key=lambda t: t.queued))
+    _request_executor.set(executor)
+    return ThreadSensitiveContext(executor=executor)

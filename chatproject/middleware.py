@@ -1,6 +1,8 @@
 """The project's middleware: requests refused before any view runs, and Django's own
 middlewares with hooks that run in the event loop under ASGI (`InlineHooks`)."""
 
+import asyncio
+import contextlib
 from collections.abc import Callable
 
 from asgiref.sync import iscoroutinefunction, sync_to_async
@@ -9,13 +11,19 @@ from django.conf import settings
 from django.contrib.auth import middleware as auth_middleware
 from django.contrib.messages import middleware as messages_middleware
 from django.contrib.sessions import middleware as sessions
+from django.core.cache import close_caches
 from django.core.exceptions import ImproperlyConfigured
 from django.core.handlers import asgi
+from django.core.handlers.base import reset_urlconf
+from django.core.signals import request_started
+from django.db import close_old_connections, reset_queries
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, JsonResponse
 from django.middleware import clickjacking, common, csrf, security
 from django.utils.decorators import sync_and_async_middleware
 
-from chatproject.asyncdb import request_context
+from chatproject.asyncdb import request_context, request_thread_used
+
+_THREAD_TIDY_UPS = frozenset((close_old_connections, close_caches, reset_urlconf))
 
 
 @sync_and_async_middleware
@@ -177,3 +185,100 @@ class ASGIHandler(asgi.ASGIHandler):
             super().load_middleware(is_async=is_async)
         finally:
             settings.MIDDLEWARE = declared
+
+    async def handle(self, scope, receive, send):
+        """Django's `ASGIHandler.handle` (5.2), but for how a response is closed (`_close`).
+
+        Django closes every response on the request's thread (`sync_to_async(response.close)`),
+        for its `request_finished` receivers, which tidy that thread's connections. A chat
+        turn never runs anything on its request's thread, and under load that last hop was the
+        slowest part of the turn after the model (bench/concurrency.py, 512 JSON users on
+        PostgreSQL: 270 ms on average, up to 0.9 s, each request queueing for one of
+        WEB_REQUEST_THREADS). `request_started`'s hop goes the same way in a served worker
+        (`skip_request_started_thread_hop`).
+        """
+        try:
+            body_file = await self.read_body(receive)
+        except asgi.RequestAborted:
+            return
+        asgi.set_script_prefix(asgi.get_script_prefix(scope))
+        await asgi.signals.request_started.asend(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response, send)
+            await self._close(error_response)
+            return
+
+        async def process_request(request, send):
+            response = await self.run_get_response(request)
+            with contextlib.suppress(asyncio.CancelledError):  # the client went away meanwhile
+                await self.send_response(response, send)
+            return response
+
+        tasks = [
+            asyncio.create_task(self.listen_for_disconnect(receive)),
+            asyncio.create_task(process_request(request, send)),
+        ]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            if task.done():
+                try:
+                    task.result()
+                except asgi.RequestAborted:
+                    pass
+                except AssertionError:
+                    body_file.close()
+                    raise
+            else:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        try:
+            response = tasks[1].result()
+        except asyncio.CancelledError:
+            await asgi.signals.request_finished.asend(sender=self.__class__)
+        else:
+            await self._close(response)
+        body_file.close()
+
+    async def _close(self, response) -> None:
+        """`response.close()`: in the event loop when it only closes the request's files and
+        sends `request_finished` to Django's own tidy-ups, and the request ran nothing on its
+        thread (so that thread has nothing of this request's to tidy); on the request's thread
+        otherwise, as Django does."""
+        if (
+            all(_closes_a_request(closer) for closer in response._resource_closers)
+            and not request_thread_used()
+            and _only_thread_tidy_ups(asgi.signals.request_finished, sender=self.__class__)
+        ):
+            response.close()
+        else:
+            await sync_to_async(response.close)()
+
+
+def _closes_a_request(closer) -> bool:
+    """Django's `request.close` (every response closes its request: the upload files and the
+    body's spooled file)."""
+    return isinstance(getattr(closer, "__self__", None), HttpRequest) and closer.__name__ == "close"
+
+
+def _only_thread_tidy_ups(signal, *, sender) -> bool:
+    """Every receiver of `signal` is one of Django's, which tidy the calling thread's own
+    connections, caches and URLconf: in the event loop there is nothing of theirs to tidy."""
+    sync_receivers, async_receivers = signal._live_receivers(sender)
+    return not async_receivers and all(r in _THREAD_TIDY_UPS for r in sync_receivers)
+
+
+def skip_request_started_thread_hop() -> None:
+    """In a served worker: drop Django's `request_started` receivers, which send every request
+    to its thread before the view runs (bench/concurrency.py, 512 JSON users on PostgreSQL: 510
+    ms on average, up to 1.5 s).
+
+    Both tidy the calling thread's connections (`reset_queries`: DEBUG's query log;
+    `close_old_connections`: those past CONN_MAX_AGE), and in a served worker a request's thread
+    starts with none: ORM units give theirs back as they end (chatproject.asyncdb), and what a
+    request opens on its own thread is closed by `request_finished` when it ends (`_close`).
+    """
+    request_started.disconnect(reset_queries)
+    request_started.disconnect(close_old_connections)

@@ -34,6 +34,9 @@ class ChatWorker(UvicornWorker):
 
     def load_wsgi(self):
         super().load_wsgi()
+        from chatproject.middleware import skip_request_started_thread_hop
+
+        skip_request_started_thread_hop()
         _freeze_loaded()
         _tune_gc(int(os.environ.get("WEB_GC_THRESHOLD", "0")))
 

@@ -10,12 +10,14 @@ import time
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync
 from django.core.signals import request_started
-from django.db import connections
+from django.db import close_old_connections, connections, reset_queries
 from django.db.backends.signals import connection_created
 
 from chat.capacity import turn_slots
 from chat.llm import get_chat_model
 from chat.models import Turn
+from chatproject.asyncdb import _RequestThread
+from chatproject.middleware import skip_request_started_thread_hop
 from tests.asgi import asgi_post, asgi_post_async
 
 pytestmark = pytest.mark.django_db
@@ -248,3 +250,50 @@ def test_served_turns_run_their_orm_units_on_the_shared_unit_threads(token, llm_
     if connections["default"].vendor == "sqlite":
         # Twelve units, two threads: each opened its connection once.
         assert len(made) <= settings.DB_UNIT_THREADS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_served_turn_runs_nothing_on_its_request_thread_unless_its_request_did(
+    token, llm_server, settings, monkeypatch
+):
+    # As in a served worker (ChatWorker.load_wsgi): Django's request_started receivers dropped,
+    # the response rendered and closed in the event loop. Under load each hop to a request's
+    # thread queued for one of WEB_REQUEST_THREADS: 510 ms on average at request start and 270
+    # ms for closing the response (bench/concurrency.py, 512 JSON users on PostgreSQL).
+    settings.WEB_REQUEST_THREADS = 2
+    submitted = []
+    submit = _RequestThread.submit
+
+    def spy(self, fn, /, *args, **kwargs):
+        submitted.append(fn)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(_RequestThread, "submit", spy)
+    skip_request_started_thread_hop()
+    try:
+
+        async def turns():
+            answered = [
+                await asgi_post_async("/api/chat/", {"message": "one"}, token=token),
+                await asgi_post_async("/api/chat/", {"message": "2", "stream": True}, token=token),
+            ]
+            untouched = len(submitted)
+            # A request that does run something on its thread (here a sync receiver of its
+            # start) is closed there too, so Django's tidy-ups reach what it left.
+            request_started.connect(on_thread := lambda **kwargs: None, weak=False)
+            try:
+                answered.append(await asgi_post_async("/api/chat/", {"message": "3"}, token=token))
+            finally:
+                request_started.disconnect(on_thread)
+            await get_chat_model().aclose()
+            return answered, untouched
+
+        responses, untouched = asyncio.run(turns())
+    finally:
+        request_started.connect(reset_queries)
+        request_started.connect(close_old_connections)
+
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert responses[1].events()[-1][0] == "done"
+    assert untouched == 0
+    assert len(submitted) == 2  # the third request: its receiver, then closing its response
