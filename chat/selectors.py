@@ -51,14 +51,20 @@ def turn_reply(*, turn: Turn) -> Message | None:
 
 
 def history_for_llm(*, session: ChatSession, before: Turn, max_turns: int) -> list[ChatMessage]:
-    """The last `max_turns` completed turns before `before`, oldest first."""
-    turn_ids = list(
+    """The last `max_turns` completed turns before `before`, oldest first (one query)."""
+    turn_ids = (
         session.turns.filter(status=Turn.Status.COMPLETED, id__lt=before.id)
         .order_by("-id")
-        .values_list("id", flat=True)[:max_turns]
+        .values("id")[:max_turns]
     )
-    messages = Message.objects.filter(turn_id__in=turn_ids).order_by("turn_id", "id")
-    return [ChatMessage(role=m.role, content=m.content, message_id=m.pk) for m in messages]
+    messages = (
+        Message.objects.filter(turn_id__in=turn_ids)
+        .order_by("turn_id", "id")
+        .values_list("role", "content", "pk")
+    )
+    return [
+        ChatMessage(role=role, content=content, message_id=pk) for role, content, pk in messages
+    ]
 
 
 def trace_payloads(rows: Sequence[TraceExport]) -> list[dict]:

@@ -15,6 +15,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, transaction
+from django.http import Http404
 from django.utils import timezone
 
 from chat import selectors, tracing
@@ -43,6 +44,7 @@ class TurnClaim:
     username: str = ""  # who asked, as the trace shows them (read here: no query while answering)
     began_ns: int | None = None  # when the claim began: the turn's trace starts there
     history: LoadedHistory | None = None  # the conversation so far, read with the claim
+    new_conversation: bool = False  # the claim started the conversation: it has no history
 
 
 @dataclass(frozen=True)
@@ -119,13 +121,18 @@ def turn_begin(
     )
     if claim.replay is not None:
         return claim
-    return dataclasses.replace(claim, began_ns=began_ns, history=_history_read(claim.turn))
+    history = _history_read(claim.turn, new_conversation=claim.new_conversation)
+    return dataclasses.replace(claim, began_ns=began_ns, history=history)
 
 
-def _history_read(turn: Turn) -> LoadedHistory:
+def _history_read(turn: Turn, *, new_conversation: bool = False) -> LoadedHistory:
     start_ns = time.time_ns()
-    messages = selectors.history_for_llm(
-        session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
+    messages = (
+        []  # the conversation starts with this turn
+        if new_conversation
+        else selectors.history_for_llm(
+            session=turn.session, before=turn, max_turns=settings.CHAT_HISTORY_TURNS
+        )
     )
     return LoadedHistory(messages=messages, start_ns=start_ns, end_ns=time.time_ns())
 
@@ -142,40 +149,40 @@ def _turn_claim(
     client_request_id = client_request_id or new_request_id()
     # A caller's trace already recorded by another turn (or attempt) is not joined twice.
     join_caller = caller is None or not selectors.trace_recorded(otel_trace_id=caller.trace_id)
-    existing = selectors.turn_get_by_request_id(user=user, client_request_id=client_request_id)
-    if existing is None:
+    # The turn is inserted first: nearly every request id is new, and the unique constraint
+    # finds the rest (a retry, or a concurrent request that won the insert) without a query.
+    try:
         session = selectors.session_get(user=user, session_id=session_id) if session_id else None
-        try:
-            turn, question = _turn_start(
-                user=user,
-                session=session,
-                message=message,
-                client_request_id=client_request_id,
-                endpoint=endpoint,
-            )
-            return TurnClaim(
-                turn=turn,
-                message=message,
-                endpoint=endpoint,
-                caller=caller,
-                join_caller=join_caller,
-                question_id=question.pk,
-                username=user.get_username(),
-            )
-        except IntegrityError:
-            # A concurrent request with the same id won the insert: treat this one as its replay.
-            existing = selectors.turn_get_by_request_id(
-                user=user, client_request_id=client_request_id
-            )
-            if existing is None:
-                raise
-    return _turn_replay_or_claim(
-        existing,
+        turn, question = _turn_start(
+            user=user,
+            session=session,
+            message=message,
+            client_request_id=client_request_id,
+            endpoint=endpoint,
+        )
+    except (IntegrityError, Http404):
+        # The id is taken, or its conversation is gone: a turn of this user's with this id
+        # (deleted conversations included) is replayed or claimed anew.
+        existing = selectors.turn_get_by_request_id(user=user, client_request_id=client_request_id)
+        if existing is None:
+            raise
+        return _turn_replay_or_claim(
+            existing,
+            message=message,
+            session_id=session_id,
+            endpoint=endpoint,
+            caller=caller,
+            join_caller=join_caller,
+        )
+    return TurnClaim(
+        turn=turn,
         message=message,
-        session_id=session_id,
         endpoint=endpoint,
         caller=caller,
         join_caller=join_caller,
+        question_id=question.pk,
+        username=user.get_username(),
+        new_conversation=session is None,
     )
 
 
