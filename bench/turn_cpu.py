@@ -35,6 +35,9 @@ def main() -> None:
     from rest_framework.authtoken.models import Token
 
     from chatproject.asgi import application
+    from chatproject.middleware import skip_request_started_thread_hop
+
+    skip_request_started_thread_hop()  # as a served worker does (chatproject.workers)
 
     user, _ = get_user_model().objects.get_or_create(username="bench")
     token = Token.objects.get_or_create(user=user)[0].key
