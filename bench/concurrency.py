@@ -664,11 +664,19 @@ class Row:
         sent_in_window = [t for t in answered if window[0] <= t[0] < window[1]]
         latency = [t[1] - t[0] for t in sent_in_window]
         extra_ms = [(t[2] - self.ttft_s) * 1000 for t in sent_in_window if t[2] is not None]
-        errors: dict[str, dict] = defaultdict(lambda: {"n": 0, "slowest_s": 0.0})
+        errors: dict[str, dict] = defaultdict(
+            lambda: {"n": 0, "slowest_s": 0.0, "slowest_at_s": 0.0, "over_1s": 0, "took": []}
+        )
         for start, end, _, outcome, _ in self.turns:
             if outcome != "ok":
-                errors[outcome]["n"] += 1
-                errors[outcome]["slowest_s"] = max(errors[outcome]["slowest_s"], end - start)
+                error = errors[outcome]
+                error["n"] += 1
+                error["took"].append(end - start)
+                error["over_1s"] += end - start > 1.0
+                if end - start > error["slowest_s"]:
+                    error["slowest_s"], error["slowest_at_s"] = end - start, start
+        for error in errors.values():  # when the slowest was sent (row start: 0) and the p99
+            error["p99_s"] = percentile(error.pop("took"), 99)
         turns_per_s = len(in_window) / self.duration
         last_end = max((t[1] for t in self.turns), default=window[1])
         return {
@@ -946,7 +954,10 @@ def print_table(rows: list[dict]) -> None:
                 "traces: " + ("not all in time" if drain is None else f"all in {drain:.1f}s")
             )
         for kind, e in sorted(row["errors"].items()):
-            notes.append(f"{kind}: slowest {e['slowest_s']:.2f}s")
+            notes.append(
+                f"{kind}: slowest {e['slowest_s']:.2f}s (sent at {e.get('slowest_at_s', 0):.1f}s), "
+                f"p99 {e.get('p99_s', 0):.2f}s, over 1 s: {e.get('over_1s', 0)}"
+            )
         notes.append(
             f"model: {row['model_served']} replies, {row['model_cancelled']} cancelled by the app"
         )
