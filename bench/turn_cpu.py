@@ -45,26 +45,11 @@ def main() -> None:
 
 
 async def turn(application, token: str, body: dict) -> dict:
+    from tests.asgi import post_scope  # (imports the app: after Django is set up)
+
     raw = json.dumps(body).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/api/chat/",
-        "raw_path": b"/api/chat/",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [
-            (b"host", b"127.0.0.1"),
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(raw)).encode()),
-            (b"authorization", f"Token {token}".encode()),
-        ],
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
+    headers = {"host": "127.0.0.1", "authorization": f"Token {token}"}
+    scope = post_scope("/api/chat/", raw, headers)
     pending = [{"type": "http.request", "body": raw, "more_body": False}]
     sent: list[dict] = []
 

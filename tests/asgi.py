@@ -43,21 +43,12 @@ class AsgiResponse:
         return found
 
 
-async def _post(
-    path: str,
-    body: dict,
-    headers: dict[str, str],
-    leave_after_events: int | None,
-    leave_after_s: float | None,
-) -> AsgiResponse:
-    raw = json.dumps(body).encode()
-    all_headers = {
-        "content-type": "application/json",
-        "content-length": str(len(raw)),
-        "host": "testserver",
-        **headers,
-    }
-    scope = {
+def post_scope(
+    path: str, raw: bytes, headers: dict[str, str], *, server=("127.0.0.1", 8000)
+) -> dict:
+    """The ASGI scope uvicorn hands the app for a JSON POST of `raw` to `path`."""
+    all_headers = {"content-type": "application/json", "content-length": str(len(raw)), **headers}
+    return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
@@ -69,8 +60,19 @@ async def _post(
         "root_path": "",
         "headers": [(k.lower().encode(), v.encode()) for k, v in all_headers.items()],
         "client": ("127.0.0.1", 50000),
-        "server": ("testserver", 80),
+        "server": server,
     }
+
+
+async def _post(
+    path: str,
+    body: dict,
+    headers: dict[str, str],
+    leave_after_events: int | None,
+    leave_after_s: float | None,
+) -> AsgiResponse:
+    raw = json.dumps(body).encode()
+    scope = post_scope(path, raw, {"host": "testserver", **headers}, server=("testserver", 80))
     left = asyncio.Event()
     sent_body = [False]
     response = AsgiResponse()
