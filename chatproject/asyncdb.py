@@ -10,7 +10,9 @@ Where a unit runs:
   connections are made once and reused, instead of one thread per request (Django's
   thread-sensitive mode) that opens a connection per unit: at 128 users that was a third of a
   turn's ORM time in `connect()`/`close()` and a glibc arena per thread. On PostgreSQL a unit
-  gives its connection back to psycopg's pool when it ends, so the pool's bound holds;
+  gives its connection back to psycopg's pool when it ends, so the pool's bound holds. The
+  thread that went idle last takes the next unit (`UnitThreads`), so a quiet process keeps
+  using one thread and one warm connection rather than rotating over all of them;
 - the rest of a request's sync work (its signals' receivers, a sync view, a session save) runs,
   as Django wants, in one thread for the whole request; under the ASGI server that thread is one
   of WEB_REQUEST_THREADS long-lived ones (`request_context`), the least busy when the request
@@ -22,11 +24,12 @@ Where a unit runs:
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import functools
 import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
 from asgiref.sync import AsyncToSync, ThreadSensitiveContext, sync_to_async
@@ -36,7 +39,113 @@ from django.db import connections
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_pool: ThreadPoolExecutor | None = None
+
+class UnitThreads(Executor):
+    """Up to `max_workers` long-lived threads; a unit goes to the thread that went idle last.
+
+    concurrent.futures' pool wakes whichever idle thread its queue's lock picks, so under light
+    load a process's units rotate over all its threads. On SQLite each thread keeps its own
+    connection, and a connection that did not make the last write starts its next transaction
+    with its page cache emptied (WAL: the database changed under it): rotating over eight
+    connections, nearly every unit re-read its pages. Last in, first out keeps the fewest
+    threads and connections busy, the rest untouched; under full load every thread works and
+    units queue first in, first out, as before.
+    """
+
+    def __init__(self, max_workers: int, thread_name_prefix: str, initializer=None):
+        self._max_workers = max_workers
+        self._prefix = thread_name_prefix
+        self._initializer = initializer
+        self._lock = threading.Lock()
+        self._idle: list[_UnitThread] = []  # a stack: the last to go idle is woken first
+        self._waiting: collections.deque = collections.deque()  # units no thread was free for
+        self._threads: list[threading.Thread] = []
+        self._shutdown = False
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        future: Future = Future()
+        work = (future, fn, args, kwargs)
+        with self._lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new units after shutdown")
+            if self._idle:
+                self._idle.pop().wake(work)
+            elif len(self._threads) < self._max_workers:
+                unit_thread = _UnitThread(self, work)
+                thread = threading.Thread(
+                    target=unit_thread.run,
+                    name=f"{self._prefix}_{len(self._threads)}",
+                    daemon=True,
+                )
+                self._threads.append(thread)
+                thread.start()
+            else:
+                self._waiting.append(work)
+        return future
+
+    def _next(self, unit_thread: _UnitThread):
+        """The work a thread takes next: a waiting unit, or None when it is to stop."""
+        with self._lock:
+            if self._waiting:
+                return self._waiting.popleft()
+            if self._shutdown:
+                return None
+            unit_thread.sleep()
+            self._idle.append(unit_thread)
+        return unit_thread.wait()
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self._shutdown = True
+            if cancel_futures:
+                while self._waiting:
+                    self._waiting.popleft()[0].cancel()
+            idle, self._idle = self._idle, []
+            for unit_thread in idle:
+                unit_thread.wake(None)
+        if wait:
+            for thread in list(self._threads):
+                thread.join()
+
+
+class _UnitThread:
+    """One of `UnitThreads`' threads: runs units until told to stop."""
+
+    def __init__(self, pool: UnitThreads, work):
+        self._pool = pool
+        self._work = work
+        self._gate = threading.Lock()  # held while the thread sleeps; released to wake it
+
+    def sleep(self) -> None:
+        self._gate.acquire()
+
+    def wake(self, work) -> None:
+        self._work = work
+        self._gate.release()
+
+    def wait(self):
+        with self._gate:  # blocks until `wake` releases it
+            work, self._work = self._work, None
+        return work
+
+    def run(self) -> None:
+        if self._pool._initializer is not None:
+            self._pool._initializer()
+        work, self._work = self._work, None
+        while work is not None:
+            future, fn, args, kwargs = work
+            if future.set_running_or_notify_cancel():
+                try:
+                    result = fn(*args, **kwargs)
+                except BaseException as exc:  # noqa: BLE001 (handed to the awaiting coroutine)
+                    future.set_exception(exc)
+                else:
+                    future.set_result(result)
+            del work, future, fn, args, kwargs  # nothing of a unit outlives it here
+            work = self._pool._next(self)
+
+
+_pool: UnitThreads | None = None
 _pool_guard = threading.Lock()
 _unit_thread = threading.local()  # .pooled: this thread is one of the pool's
 
@@ -69,7 +178,7 @@ def _mark_pooled() -> None:
     _unit_thread.pooled = True
 
 
-def unit_pool() -> ThreadPoolExecutor | None:
+def unit_pool() -> UnitThreads | None:
     """The process's unit threads, made on first use (after a fork: gunicorn's workers)."""
     global _pool
     threads = settings.DB_UNIT_THREADS
@@ -80,9 +189,7 @@ def unit_pool() -> ThreadPoolExecutor | None:
             if _pool is None or _pool._max_workers != threads:
                 if _pool is not None:  # the setting changed (a test): new units, new threads
                     _pool.shutdown(wait=False)
-                _pool = ThreadPoolExecutor(
-                    threads, thread_name_prefix="db-unit", initializer=_mark_pooled
-                )
+                _pool = UnitThreads(threads, thread_name_prefix="db-unit", initializer=_mark_pooled)
     return _pool
 
 
