@@ -24,7 +24,9 @@ IN_PROGRESS), `in prog` those still IN_PROGRESS, `drain s` the time from the las
 the last trace was seen.
 
 Last, traced vs untraced p50 at a low rate: the same load against a second gunicorn started with
-TRACING_ENABLED=false, in alternating blocks so machine drift hits both alike.
+TRACING_ENABLED=false, in alternating blocks so machine drift hits both alike, with the app
+workers' CPU per answered turn in each (from /proc: steadier than a p50 of a few ms). The traced
+gunicorn is the one that carried the load before; the untraced one starts fresh.
 
 The temp dir (logs, stores) is deleted at the end unless --keep is given or something went
 wrong: dead processes, failed trace searches and WARNING / ERROR lines and tracebacks in the
@@ -232,6 +234,7 @@ class App:
     mlflow_workers: int = 1
     experiment_id: str = ""
     token: str = ""
+    masters: dict[str, int] = field(default_factory=dict)  # a gunicorn's URL: its master's pid
 
     def start_mlflow(self, port: int) -> None:
         log(f"starting mlflow server on {self.mlflow_url}")
@@ -287,6 +290,7 @@ class App:
             env,
         )
         url = f"http://127.0.0.1:{port}"
+        self.masters[url] = proc.popen.pid
         log(f"starting {name} on {url} (TRACING_ENABLED={env['TRACING_ENABLED']})")
         wait_http(f"{url}/api/sessions/", proc, timeout=90, headers={"Authorization": self.auth})
         return url
@@ -827,6 +831,7 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
         m = compare[mode]
         print(
             f"  {mode:9} p50 {fmt(m['p50_ms'], '.2f')} ms  p99 {fmt(m['p99_ms'], '.2f')} ms  "
+            f"app CPU {m['cpu_ms_per_turn']:.2f} ms a turn  "
             f"({m['answered']} answered, {m['errors']} errors)"
         )
     print(f"  p50 traced/untraced ratio: {fmt(compare['p50_ratio'], '.2f')}x")
@@ -847,6 +852,16 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
     }
 
 
+def workers_cpu_s(master: int) -> float:
+    """CPU seconds (user + system) of a gunicorn master's workers so far."""
+    total = 0
+    for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def compare_tracing(app: App, args: argparse.Namespace, run: str, traced_url: str) -> dict:
     """p50 at a low rate, traced vs untraced gunicorn, in alternating (ABBA) blocks."""
     untraced_url = app.start_gunicorn("gunicorn-untraced", free_port(), traced=False)
@@ -854,12 +869,14 @@ def compare_tracing(app: App, args: argparse.Namespace, run: str, traced_url: st
     urls = {"traced": traced_url, "untraced": untraced_url}
     latency: dict[str, list[float]] = {"traced": [], "untraced": []}
     counts = {mode: Counter() for mode in urls}
+    cpu_s = {mode: 0.0 for mode in urls}  # the app workers' CPU during the mode's blocks
     blocks = max(1, math.ceil(args.compare_duration / args.compare_block))
     for block in range(blocks):
         order = ("traced", "untraced") if block % 2 == 0 else ("untraced", "traced")
         for mode in order:
             label = f"compare {mode} block {block + 1}/{blocks}"
             log(label)
+            cpu0 = workers_cpu_s(app.masters[urls[mode]])
             load = asyncio.run(
                 run_load(
                     urls[mode],
@@ -872,6 +889,7 @@ def compare_tracing(app: App, args: argparse.Namespace, run: str, traced_url: st
                 )
             )
             latency[mode] += load.latency_ms
+            cpu_s[mode] += workers_cpu_s(app.masters[urls[mode]]) - cpu0
             counts[mode].update(answered=len(load.answered), errors=sum(load.errors.values()))
     result: dict = {"rate": args.compare_rate, "blocks": blocks, "block_s": args.compare_block}
     for mode, values in latency.items():
@@ -879,6 +897,7 @@ def compare_tracing(app: App, args: argparse.Namespace, run: str, traced_url: st
             "p50_ms": percentile(values, 50) if values else None,
             "p99_ms": percentile(values, 99) if values else None,
             "answered": counts[mode]["answered"],
+            "cpu_ms_per_turn": 1000 * cpu_s[mode] / max(1, counts[mode]["answered"]),
             "errors": counts[mode]["errors"],
         }
     traced, untraced = result["traced"]["p50_ms"], result["untraced"]["p50_ms"]
