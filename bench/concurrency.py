@@ -30,8 +30,10 @@ over --ramp seconds (default: one reply), then the row's window of --duration se
 at its end no new turn starts and every open turn is waited for (at most --client-timeout).
 Then the answered turns' traces are waited for, and the app must leave the model alone for 1 s
 (at most --settle-timeout): turns whose users gave up may still be running or queued in it.
-The users run in --clients processes of asyncio + aiohttp (one connection per user), apart
-from this one, which polls the processes' memory, the database and the model meanwhile.
+The users run in --clients processes of asyncio + aiohttp (one connection per user; by default
+one process per 250 users), apart from this one, which polls the processes' memory, the database
+and the model meanwhile. A client process is a user's clock: when its own loop is late, every
+answer it reads looks late by as much (reported as "load generator's own loop late by").
 
 Columns:
   turns/s        turns answered (HTTP 200; streamed: ended with `done`) within the window / its
@@ -72,6 +74,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import re
 import resource
@@ -711,7 +714,9 @@ class Row:
 def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, watch) -> None:
     """Runs the users in client processes while `watch` samples the machine; fills `row`."""
     tmp = Path(tempfile.mkdtemp(prefix="chat-bench-clients-"))
-    clients = args.clients or (1 if row.users <= 256 else 2)
+    # 500 users in one process left its loop up to 0.5 s late at 1,000 streamed users, and
+    # that lateness showed as slow 503s; 250 each kept it under 0.25 s.
+    clients = args.clients or math.ceil(row.users / 250)
     clients = min(clients, row.users)
     prefix = f"{secrets.token_hex(3)}{row.users}{row.mode[0]}"
     start_at = time.time() + 2.0  # the clients' imports and set-up fall before it
@@ -1005,7 +1010,7 @@ def parse_args() -> argparse.Namespace:
         "--error-pause", type=float, default=1.0, help="a user's pause after a failed turn (1 s)"
     )
     parser.add_argument(
-        "--clients", type=int, help="load generator processes (default: 1, 2 above 256 users)"
+        "--clients", type=int, help="load generator processes (default: one per 250 users)"
     )
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="longest wait for traces, s (120)"
