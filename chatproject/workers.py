@@ -29,7 +29,7 @@ class ChatWorker(UvicornWorker):
         # SQLite's write lock that long. 1 ms: 128 streamed users 0.81 -> 0.93 of ideal, time
         # to first token p50 +770 -> +150 ms (bench/concurrency.py, docs/serving.md).
         sys.setswitchinterval(float(os.environ.get("GIL_SWITCH_INTERVAL_S", "0.001")))
-        _limit_malloc_arenas(int(os.environ.get("WEB_MALLOC_ARENA_MAX", "0")))
+        _limit_malloc_arenas(_arenas_wanted())
         super().init_process()
 
     def load_wsgi(self):
@@ -75,17 +75,24 @@ def _tune_gc(threshold: int) -> None:
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
 
 
+def _arenas_wanted() -> int:
+    return int(os.environ.get("WEB_MALLOC_ARENA_MAX", "2"))
+
+
 def _limit_malloc_arenas(arenas: int) -> None:
     """At most `arenas` glibc malloc arenas in this worker (0: glibc's default, 8 per core).
 
-    Every thread that allocates (Django's sync_to_async threads, the ORM units) may get an arena
-    of its own, each holding freed memory apart. With two, a worker holds 88.5-88.9 MB after
-    1,000 turns instead of 90.8-91.5 MB (bench/footprint.py, two runs each way), but 128
-    streamed users on SQLite got 0.86-0.90 of ideal instead of 0.90-0.95 (bench/concurrency.py,
-    alternating runs: the ORM threads share fewer arenas). So off by default, for a machine
-    short of memory rather than CPU. Set here, in the worker before its threads start, so it
-    holds however gunicorn is started (MALLOC_ARENA_MAX in the environment must be set before
-    the master starts). Nothing on other C libraries.
+    Every thread that allocates (the unit and request threads) may get an arena of its own, each
+    keeping what it freed apart: ~0.6 MB a thread after 1,000 turns. With two (the default), a
+    worker holds 88-89 MB after 1,000 turns instead of 91-92 MB (bench/footprint.py). When each
+    request had a thread of its own this cost turns (128 streamed users on SQLite: 0.86-0.90 of
+    ideal instead of 0.90-0.95), so it was off; with the shared unit threads, alternating runs
+    (bench/concurrency.py --env WEB_MALLOC_ARENA_MAX=2 / 0, 2026-12-07) gave 0.99-1.00 of ideal
+    and time to first token +10 ms both ways at 128 streamed users, and 130.0 / 130.3 against
+    136.2 / 127.4 turns/s at 512 JSON users (no difference beyond the runs' spread).
+    Set here, in the worker before its threads start, so it holds however gunicorn is started
+    (MALLOC_ARENA_MAX in the environment must be set before the master starts). Nothing on
+    other C libraries.
     """
     if arenas <= 0:
         return

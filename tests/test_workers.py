@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from chatproject.workers import _freeze_loaded, _tune_gc
+from chatproject.workers import _arenas_wanted, _freeze_loaded, _tune_gc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -66,3 +66,46 @@ def test_the_asgi_app_loads_the_model_client_before_its_first_request(tmp_path):
 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["True", "OpenAICompatibleChat"]
+
+
+ARENAS = """
+import sys, threading
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from chatproject.workers import _limit_malloc_arenas
+
+_limit_malloc_arenas({arenas})
+barrier = threading.Barrier(8)
+held = []
+
+def allocate():
+    barrier.wait()  # all eight allocate at once: each would get an arena of its own
+    held.append([bytearray(4096) for _ in range(200)])  # > 512 B: glibc's malloc, not Python's
+
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+[t.start() for t in threads]
+[t.join() for t in threads]
+# A thread arena is a 64 MiB reservation (glibc's HEAP_MAX_SIZE), mapped as one or two areas.
+sizes = {{}}
+for line in Path("/proc/self/maps").read_text().splitlines():
+    fields = line.split()
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    if len(fields) == 5:  # anonymous
+        base = start & ~(64 * 2**20 - 1)
+        sizes[base] = sizes.get(base, 0) + end - start
+print(sum(1 for base, size in sizes.items() if size == 64 * 2**20))
+"""
+
+
+def thread_arenas(arenas: int) -> int:
+    code = ARENAS.format(repo=str(REPO), arenas=arenas)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip())
+
+
+def test_a_worker_s_threads_share_two_malloc_arenas_by_default(monkeypatch):
+    monkeypatch.delenv("WEB_MALLOC_ARENA_MAX", raising=False)
+    assert _arenas_wanted() == 2
+    # Two: the main arena and one more, however many threads allocate at once.
+    assert thread_arenas(2) <= 1
+    assert thread_arenas(0) >= 3  # glibc's own default: an arena per thread, up to 8 per core
