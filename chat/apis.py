@@ -5,6 +5,7 @@ import re
 import weakref
 from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
@@ -22,7 +23,6 @@ from chat.capacity import TurnSlot, slot_for
 from chat.models import REQUEST_ID_PATTERN, Message
 from chatproject.api import StrictSerializer, WhenField, cursor_decode, cursor_encode
 from chatproject.asyncapi import AsyncAPIView
-from chatproject.asyncdb import db_unit
 
 # The same pattern for JSON Schema (ECMA regex has no \Z).
 REQUEST_ID_SCHEMA_PATTERN = REQUEST_ID_PATTERN.pattern.replace("\\Z", "$")
@@ -178,6 +178,36 @@ class ChatApi(AsyncAPIView):
             output = cls._output = cls.OutputSerializer()
         return output.to_representation(reply)
 
+    def prepare_post(self, request: Request, endpoint: str = "api_chat") -> "ChatBegun":
+        """Validate and claim the turn: sync, in the unit that authenticated the request.
+
+        Raises: ValidationError (400), Overloaded (503, when not served through the ASGI door),
+        and what `services.turn_begin` raises (404, 409).
+        """
+        serializer = self.InputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        client_request_id = request_id_from(request)
+        session_id = session_id_from(request, serializer.validated_data.get("session_id"))
+        wants_stream = serializer.validated_data["stream"] or "text/event-stream" in (
+            request.headers.get("Accept", "")
+        )
+        slot = slot_for(request, streamed=wants_stream)
+        try:
+            claim = services.turn_begin(
+                user=request.user,
+                message=serializer.validated_data["message"],
+                session_id=session_id,
+                client_request_id=client_request_id,
+                endpoint=endpoint,
+                caller=(
+                    tracing.caller_context(request.headers) if settings.TRACE_JOIN_CALLERS else None
+                ),
+            )
+        except BaseException:
+            slot.release()
+            raise
+        return ChatBegun(claim=claim, streamed=wants_stream, slot=slot)
+
     @extend_schema(
         request=InputSerializer,
         responses={
@@ -189,29 +219,12 @@ class ChatApi(AsyncAPIView):
         parameters=[REQUEST_ID_HEADER, SESSION_ID_HEADER, TRACEPARENT_HEADER],
     )
     async def post(self, request: Request, endpoint: str = "api_chat") -> Response:
-        serializer = self.InputSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        client_request_id = request_id_from(request)
-        session_id = session_id_from(request, serializer.validated_data.get("session_id"))
-        wants_stream = serializer.validated_data["stream"] or "text/event-stream" in (
-            request.headers.get("Accept", "")
-        )
-
-        slot = slot_for(request, streamed=wants_stream)
+        begun: ChatBegun = self.prepared  # claimed by prepare_post, with the authentication
+        claim, slot = begun.claim, begun.slot
         streaming = False  # once the stream is handed over, it gives the slot back
         try:
-            claim = await db_unit(services.turn_begin)(
-                user=request.user,
-                message=serializer.validated_data["message"],
-                session_id=session_id,
-                client_request_id=client_request_id,
-                endpoint=endpoint,
-                caller=(
-                    tracing.caller_context(request.headers) if settings.TRACE_JOIN_CALLERS else None
-                ),
-            )
             request_id = claim.turn.client_request_id
-            if wants_stream:
+            if begun.streamed:
                 streaming = True
                 return event_stream_response(
                     services.turn_stream(claim),
@@ -226,6 +239,15 @@ class ChatApi(AsyncAPIView):
         response = Response(self.represent(reply), status=status.HTTP_200_OK)
         response["X-Request-ID"] = request_id
         return response
+
+
+@dataclass(frozen=True)
+class ChatBegun:
+    """A claimed turn, between the unit that claimed it and the handler that awaits the model."""
+
+    claim: services.TurnClaim
+    streamed: bool
+    slot: TurnSlot
 
 
 class SessionPagination(PageNumberPagination):

@@ -14,13 +14,22 @@ class AsyncAPIView(adrf_views.APIView):
     """An APIView whose handlers are coroutines.
 
     Authentication, permissions and throttles run first as one short unit of ORM work (on the
-    unit threads, chatproject.asyncdb); its connection is given back before the handler awaits
-    anything.
+    unit threads, chatproject.asyncdb), together with the handler's own sync part when the view
+    has one (`prepare_<method>`, its result in `self.prepared`): under load every unit waits for
+    a free unit thread and then for the event loop, so a request's database work before it
+    awaits anything is one unit, not two. The unit's connection is given back before the handler
+    awaits anything.
     """
 
-    def initial(self, request, *args, **kwargs):
+    prepared = None
+
+    def initial_unit(self, request, *args, **kwargs):
+        """DRF's `initial`, then the handler's `prepare_<method>`: one unit of ORM work."""
         try:
-            super().initial(request, *args, **kwargs)
+            self.initial(request, *args, **kwargs)
+            prepare = getattr(self, f"prepare_{request.method.lower()}", None)
+            if prepare is not None and request.method.lower() in self.http_method_names:
+                self.prepared = prepare(request, *args, **kwargs)
         finally:
             release_connections()
 
@@ -32,14 +41,15 @@ class AsyncAPIView(adrf_views.APIView):
         return APIView.check_throttles(self, request)
 
     async def async_dispatch(self, request, *args, **kwargs):
-        # adrf's, with `initial` run as a unit (adrf hands it to the request's own thread).
+        # adrf's, with `initial` (and `prepare_<method>`) run as a unit (adrf hands `initial`
+        # to the request's own thread).
         self.args = args
         self.kwargs = kwargs
         request = self.initialize_request(request, *args, **kwargs)
         self.request = request
         self.headers = self.default_response_headers
         try:
-            await run_unit(self.initial)(request, *args, **kwargs)
+            await run_unit(self.initial_unit)(request, *args, **kwargs)
             handler = getattr(self, request.method.lower(), None)
             if request.method.lower() not in self.http_method_names or handler is None:
                 handler = self.http_method_not_allowed

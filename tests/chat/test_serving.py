@@ -16,7 +16,7 @@ from django.db.backends.signals import connection_created
 from chat.capacity import turn_slots
 from chat.llm import get_chat_model
 from chat.models import Turn
-from chatproject.asyncdb import _RequestThread
+from chatproject.asyncdb import UnitThreads, _RequestThread
 from chatproject.middleware import skip_request_started_thread_hop
 from tests.asgi import asgi_post, asgi_post_async
 
@@ -250,6 +250,39 @@ def test_served_turns_run_their_orm_units_on_the_shared_unit_threads(token, llm_
     if connections["default"].vendor == "sqlite":
         # Twelve units, two threads: each opened its connection once.
         assert len(made) <= settings.DB_UNIT_THREADS
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_served_turn_claims_itself_in_the_unit_that_authenticates_it(
+    token, llm_server, settings, monkeypatch
+):
+    # Under load each unit waits for a free unit thread and then for the event loop (130-330
+    # ms a hop at 512 JSON users): authentication and the claim share one, and the answer and
+    # its trace row are the other.
+    settings.DB_UNIT_THREADS = 2
+    units = []
+    submit = UnitThreads.submit
+
+    def spy(self, fn, /, *args, **kwargs):
+        units.append(fn)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(UnitThreads, "submit", spy)
+
+    async def turns():
+        counted = []
+        for body in ({"message": "one"}, {"message": "two", "stream": True}):
+            before = len(units)
+            response = await asgi_post_async("/api/chat/", body, token=token)
+            counted.append((response.status, len(units) - before))
+        before = len(units)
+        refused = await asgi_post_async("/api/chat/", {"message": ""}, token=token)
+        counted.append((refused.status, len(units) - before))
+        await get_chat_model().aclose()
+        return counted
+
+    assert asyncio.run(turns()) == [(200, 2), (200, 2), (400, 1)]
+    assert Turn.objects.filter(status=Turn.Status.COMPLETED).count() == 2
 
 
 @pytest.mark.django_db(transaction=True)
