@@ -255,13 +255,15 @@ CHAT_MAX_MESSAGE_CHARS = env.int("CHAT_MAX_MESSAGE_CHARS", default=8000)
 CHAT_HISTORY_TURNS = env.int("CHAT_HISTORY_TURNS", default=10)
 
 # Turns one app process answers at once; past it a turn is a 503 `overloaded` at once (not
-# queued). Each waiting turn costs a coroutine and ~tens of KB; see docs/serving.md.
-CHAT_MAX_TURNS_IN_FLIGHT = env.int("CHAT_MAX_TURNS_IN_FLIGHT", default=256)
+# queued). Each waiting turn costs a coroutine and ~tens of KB; see docs/serving.md. Above an
+# even share of what the machine carries (~512 JSON turns at once here): a client's keep-alive
+# connection stays on the process it reached, and the processes' shares are never even.
+CHAT_MAX_TURNS_IN_FLIGHT = env.int("CHAT_MAX_TURNS_IN_FLIGHT", default=340)
 CHAT_OVERLOAD_RETRY_AFTER_S = env.int("CHAT_OVERLOAD_RETRY_AFTER_S", default=2)
 # A streamed turn counts as this many of CHAT_MAX_TURNS_IN_FLIGHT: its pieces cost the event loop
 # ~2x a JSON turn's CPU, and a process with more streams than its CPU carries accepts even its
-# refusals late (docs/serving.md). 256 / 3: ~85 streams per process.
-CHAT_STREAM_TURN_WEIGHT = env.int("CHAT_STREAM_TURN_WEIGHT", default=3)
+# refusals late (docs/serving.md). 340 / 4: 85 streams per process.
+CHAT_STREAM_TURN_WEIGHT = env.int("CHAT_STREAM_TURN_WEIGHT", default=4)
 # A streamed turn sends an SSE comment when the model has been silent this long (proxies and
 # browsers drop idle connections); 0: never.
 CHAT_STREAM_KEEPALIVE_S = env.float("CHAT_STREAM_KEEPALIVE_S", default=15.0)
