@@ -32,6 +32,18 @@ def test_chat_over_the_per_user_rate_is_a_429_with_retry_after(api, other_api, s
     assert other_api.post("/api/chat/", {"message": "hi"}, format="json").status_code == 200
 
 
+def test_a_throttled_turn_is_429_before_its_body_is_validated(api, settings):
+    settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "chat": "1/min"}
+
+    codes = [
+        api.post("/api/chat/", body, format="json").status_code
+        for body in ({"message": "q"}, {"message": ""}, {"nonsense": 1})
+    ]
+
+    assert codes == [200, 429, 429]
+    assert Turn.objects.count() == 1
+
+
 def test_feedback_has_its_own_rate(api, user, settings):
     settings.THROTTLE_RATES = {**settings.THROTTLE_RATES, "feedback": "2/min", "chat": "1/min"}
     _, answer = answered_turn(session=SessionFactory(owner=user))

@@ -232,6 +232,13 @@ def test_no_credentials_is_401(db, client):
     assert Turn.objects.count() == 0
 
 
+def test_credentials_are_checked_before_the_body(db, client):
+    # The claim runs in the unit that authenticates (ChatApi.prepare_post): DRF's order holds.
+    response = client.post("/api/chat/", {"message": ""}, content_type="application/json")
+    assert response.status_code == 401
+    assert Turn.objects.count() == 0
+
+
 def test_a_wrong_token_is_401(db, client):
     response = client.post(
         "/api/chat/",
