@@ -6,6 +6,10 @@ delivery workers) on free loopback ports in a temporary folder, sends `--turns` 
 every fifth, waits until both workers have delivered everything, then reads each process's RSS
 (and PSS, which shares forked pages fairly) from /proc. All ratios come from this one run.
 
+Two baselines: a bare Django + DRF process that has answered one request (Django's test client),
+and the same bare app served by gunicorn's stock sync worker after as many requests as the app
+worker answered turns (a served process keeps some of what serving allocated).
+
     .venv/bin/python bench/footprint.py --turns 1000
     .venv/bin/python bench/footprint.py --worker-python .venv-sdk/bin/python  # SDK deliverers
     .venv/bin/python bench/footprint.py --worker-python .venv-sdk/bin/python --direct  # make run
@@ -55,6 +59,79 @@ BARE = textwrap.dedent(
     print(open("/proc/self/status").read())
     """
 )
+
+
+# The same bare app as a module gunicorn serves (its stock sync worker, WSGI): a process that has
+# served as many requests as the app worker, for a baseline that has done the same amount of work.
+BARE_SERVED = textwrap.dedent(
+    """
+    import django
+    from django.conf import settings
+    settings.configure(
+        DEBUG=False, SECRET_KEY="x", ALLOWED_HOSTS=["127.0.0.1"], ROOT_URLCONF=__name__,
+        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework"],
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+        REST_FRAMEWORK={"DEFAULT_AUTHENTICATION_CLASSES": [], "DEFAULT_PERMISSION_CLASSES": []},
+    )
+    django.setup()
+    from django.core.wsgi import get_wsgi_application
+    from django.urls import path
+    from rest_framework.response import Response
+    from rest_framework.views import APIView
+
+    class Ping(APIView):
+        def post(self, request):
+            return Response({"echo": request.data})
+
+    urlpatterns = [path("ping", Ping.as_view())]
+    application = get_wsgi_application()
+    """
+)
+
+
+def served_bare_rss(root: Path, requests_n: int, concurrency: int) -> tuple[int, int]:
+    """RSS of a bare Django + DRF app's gunicorn worker after one request and after `requests_n`."""
+    import requests
+
+    from tests.mlflow_server import free_port
+
+    (root / "bare_app.py").write_text(BARE_SERVED)
+    port = free_port()
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    log = open(root / "bare-app.log", "ab")  # noqa: SIM115 - closed with the process
+    master = subprocess.Popen(
+        [gunicorn, "--chdir", str(root), "-w", "1", "-b", f"127.0.0.1:{port}", "bare_app"],
+        cwd=root,  # not the repo's gunicorn.conf.py
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        http = requests.Session()
+        url = f"http://127.0.0.1:{port}/ping"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if http.post(url, json={"a": 1}, timeout=5).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit("the bare app did not start; see bare-app.log")
+            time.sleep(0.2)
+        (worker,) = [pid for pid in tree(master.pid) if pid != master.pid]
+        after_one = rss(worker)
+
+        def ping(n: int) -> None:
+            response = http.post(url, json={"message": f"question {n}"}, timeout=30)
+            assert response.status_code == 200, response.text
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(ping, range(requests_n)))
+        return after_one, rss(worker)
+    finally:
+        master.terminate()
+        master.wait(timeout=30)
+        log.close()
 
 
 def status_kb(pid: int, field: str) -> int:
@@ -141,6 +218,7 @@ def main() -> None:
         env["PYTHONPROFILEIMPORTTIME"] = "1"
     stack = Stack(root, **env)
     bare = bare_django_rss()
+    bare_served_start, bare_served = served_bare_rss(root, args.turns, args.concurrency)
     try:
         started = time.monotonic()
         stack.mlflow.start()
@@ -215,6 +293,12 @@ def main() -> None:
             f"app worker RSS after {args.turns} turns / bare Django+DRF: "
             f"{worst / MB:.1f} / {bare / MB:.1f} = {worst / bare:.2f}x "
             f"(at start: {max(workers_before.values()) / MB:.1f} MB)"
+        )
+        print(
+            f"app worker RSS after {args.turns} turns / a bare Django+DRF app's gunicorn worker "
+            f"(sync, WSGI) after {args.turns} requests: {worst / MB:.1f} / "
+            f"{bare_served / MB:.1f} = {worst / bare_served:.2f}x "
+            f"(that worker after its first request: {bare_served_start / MB:.1f} MB)"
         )
         for name, pid in deliverers.items():
             print(
