@@ -33,19 +33,19 @@ from tests.stack import Stack  # noqa: E402
 
 MB = 1024 * 1024
 
-# A process that has done what any Django + DRF app does: settings, apps, one API request.
-BARE = textwrap.dedent(
+# A bare Django + DRF app: settings, apps, one API view.
+BARE_APP = textwrap.dedent(
     """
     import django
     from django.conf import settings
     settings.configure(
-        DEBUG=False, SECRET_KEY="x", ALLOWED_HOSTS=["testserver"], ROOT_URLCONF=__name__,
+        DEBUG=False, SECRET_KEY="x", ALLOWED_HOSTS=["testserver", "127.0.0.1"],
+        ROOT_URLCONF=__name__,
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework"],
         DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
         REST_FRAMEWORK={"DEFAULT_AUTHENTICATION_CLASSES": [], "DEFAULT_PERMISSION_CLASSES": []},
     )
     django.setup()
-    from django.test import Client
     from django.urls import path
     from rest_framework.response import Response
     from rest_framework.views import APIView
@@ -55,35 +55,23 @@ BARE = textwrap.dedent(
             return Response({"echo": request.data})
 
     urlpatterns = [path("ping", Ping.as_view())]
+    """
+)
+
+# A process that has done what any Django + DRF app does: settings, apps, one API request.
+BARE = BARE_APP + textwrap.dedent(
+    """
+    from django.test import Client
     assert Client().post("/ping", {"a": 1}, content_type="application/json").status_code == 200
     print(open("/proc/self/status").read())
     """
 )
 
-
-# The same bare app as a module gunicorn serves (its stock sync worker, WSGI): a process that has
+# The same app as a module gunicorn serves (its stock sync worker, WSGI): a process that has
 # served as many requests as the app worker, for a baseline that has done the same amount of work.
-BARE_SERVED = textwrap.dedent(
+BARE_SERVED = BARE_APP + textwrap.dedent(
     """
-    import django
-    from django.conf import settings
-    settings.configure(
-        DEBUG=False, SECRET_KEY="x", ALLOWED_HOSTS=["127.0.0.1"], ROOT_URLCONF=__name__,
-        INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth", "rest_framework"],
-        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
-        REST_FRAMEWORK={"DEFAULT_AUTHENTICATION_CLASSES": [], "DEFAULT_PERMISSION_CLASSES": []},
-    )
-    django.setup()
     from django.core.wsgi import get_wsgi_application
-    from django.urls import path
-    from rest_framework.response import Response
-    from rest_framework.views import APIView
-
-    class Ping(APIView):
-        def post(self, request):
-            return Response({"echo": request.data})
-
-    urlpatterns = [path("ping", Ping.as_view())]
     application = get_wsgi_application()
     """
 )

@@ -260,14 +260,7 @@ def test_a_served_turn_claims_itself_in_the_unit_that_authenticates_it(
     # ms a hop at 512 JSON users): authentication and the claim share one, and the answer and
     # its trace row are the other.
     settings.DB_UNIT_THREADS = 2
-    units = []
-    submit = UnitThreads.submit
-
-    def spy(self, fn, /, *args, **kwargs):
-        units.append(fn)
-        return submit(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(UnitThreads, "submit", spy)
+    units = _submitted_to(UnitThreads, monkeypatch)
 
     async def turns():
         counted = []
@@ -294,14 +287,7 @@ def test_a_served_turn_runs_nothing_on_its_request_thread_unless_its_request_did
     # thread queued for one of WEB_REQUEST_THREADS: 510 ms on average at request start and 270
     # ms for closing the response (bench/concurrency.py, 512 JSON users on PostgreSQL).
     settings.WEB_REQUEST_THREADS = 2
-    submitted = []
-    submit = _RequestThread.submit
-
-    def spy(self, fn, /, *args, **kwargs):
-        submitted.append(fn)
-        return submit(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(_RequestThread, "submit", spy)
+    submitted = _submitted_to(_RequestThread, monkeypatch)
     skip_request_started_thread_hop()
     try:
 
@@ -330,3 +316,16 @@ def test_a_served_turn_runs_nothing_on_its_request_thread_unless_its_request_did
     assert responses[1].events()[-1][0] == "done"
     assert untouched == 0
     assert len(submitted) == 2  # the third request: its receiver, then closing its response
+
+
+def _submitted_to(executor_class, monkeypatch) -> list:
+    """The functions submitted to any `executor_class` from now on, in order."""
+    submitted = []
+    submit = executor_class.submit
+
+    def spy(self, fn, /, *args, **kwargs):
+        submitted.append(fn)
+        return submit(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(executor_class, "submit", spy)
+    return submitted
