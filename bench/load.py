@@ -23,10 +23,13 @@ missing: `client_request_id IN (...)`). `traces` counts sent requests with a tra
 IN_PROGRESS), `in prog` those still IN_PROGRESS, `drain s` the time from the last answer until
 the last trace was seen.
 
-Last, traced vs untraced p50 at a low rate: the same load against a second gunicorn started with
-TRACING_ENABLED=false, in alternating blocks so machine drift hits both alike, with the app
-workers' CPU per answered turn in each (from /proc: steadier than a p50 of a few ms). The traced
-gunicorn is the one that carried the load before; the untraced one starts fresh.
+Last, traced vs untraced p50 at a low rate: the gunicorn that carried the load is stopped, and
+two fresh ones, one with TRACING_ENABLED=false, get the same warm-up and then the same load in
+alternating blocks so machine drift hits both alike, with the app workers' CPU per answered turn
+in each (from /proc: steadier than a p50 of a few ms). Both start fresh because a worker that has
+carried 200 turns/s of overload answers slower than a fresh one whatever it traces (6.75 against
+6.35 ms of CPU a turn, docs/serving.md): comparing it with a fresh untraced one charged its age to
+tracing. The trace workers keep running: what they cost the machine is tracing's.
 
 The temp dir (logs, stores) is deleted at the end unless --keep is given or something went
 wrong: dead processes, failed trace searches and WARNING / ERROR lines and tracebacks in the
@@ -132,6 +135,11 @@ class Processes:
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
         return proc
+
+    def stop(self, proc: Proc) -> None:
+        """Stop one process now (SIGTERM, then SIGKILL after STOP_GRACE_S)."""
+        self.procs.remove(proc)
+        self._stop(proc)
 
     def stop_all(self) -> None:
         # Stopping must not be cut short by a second Ctrl-C: children would be left running.
@@ -809,7 +817,7 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
                 f"{rows[-1]['unchecked']} answered ids could not be checked"
             )
 
-    compare = compare_tracing(app, args, run, traced_url)
+    compare = compare_tracing(app, args, run)
     problems += app.dead() + app.log_problems()
 
     print()
@@ -862,9 +870,13 @@ def workers_cpu_s(master: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def compare_tracing(app: App, args: argparse.Namespace, run: str, traced_url: str) -> dict:
-    """p50 at a low rate, traced vs untraced gunicorn, in alternating (ABBA) blocks."""
+def compare_tracing(app: App, args: argparse.Namespace, run: str) -> dict:
+    """p50 at a low rate, traced vs untraced gunicorn, both fresh, in alternating (ABBA) blocks."""
+    for proc in [p for p in app.procs.procs if p.name.startswith("gunicorn-")]:
+        app.procs.stop(proc)  # the one that carried the load
+    traced_url = app.start_gunicorn("gunicorn-traced-fresh", free_port(), traced=True)
     untraced_url = app.start_gunicorn("gunicorn-untraced", free_port(), traced=False)
+    asyncio.run(warm_up(traced_url, app.auth, f"warm-{run}-tf", traced=True))
     asyncio.run(warm_up(untraced_url, app.auth, f"warm-{run}-u", traced=False))
     urls = {"traced": traced_url, "untraced": untraced_url}
     latency: dict[str, list[float]] = {"traced": [], "untraced": []}

@@ -16,9 +16,8 @@ conversation is and holds no conversation text. See docs/tracing.md.
 from __future__ import annotations
 
 import contextvars
-import secrets
+import random
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
@@ -71,9 +70,23 @@ def message_ref(message_id: int) -> dict:
     return {MESSAGE_REF: message_id}
 
 
+def random_id(bits: int) -> int:
+    """A non-zero random id of `bits` bits, made as OpenTelemetry's `RandomIdGenerator` makes
+    trace and span ids: `random.getrandbits`, reseeded in every forked worker by Python itself.
+
+    Ids must be unique, not secret. `uuid.uuid4()` and `secrets.randbits()` read `os.urandom`,
+    which lets go of the GIL for its system call: on the event loop, with a unit thread ready to
+    run, taking it back waited for that thread (py-spy on a served worker at 20 turns/s: a third
+    of a millisecond a turn in `uuid4` alone, most of what tracing cost a turn).
+    """
+    while not (value := random.getrandbits(bits)):
+        pass
+    return value
+
+
 def new_trace_id(otel_trace_id: int | None = None) -> str:
     """MLflow's id format for a trace in an experiment: "tr-" + the 32-hex OpenTelemetry id."""
-    return f"tr-{otel_trace_id:032x}" if otel_trace_id else f"tr-{uuid.uuid4().hex}"
+    return f"tr-{otel_trace_id or random_id(128):032x}"
 
 
 class Span:
@@ -81,7 +94,7 @@ class Span:
 
     def __init__(self, trace: TurnTrace | None, name: str, span_type: str, parent_id: int | None):
         self.trace = trace
-        self.span_id = secrets.randbits(63) or 1
+        self.span_id = random_id(63)
         self.data: dict[str, Any] = {
             "span_id": self.span_id,
             "parent_id": parent_id,
@@ -183,7 +196,7 @@ class TurnTrace(Span):
         question_id: int | None = None,
     ):
         self.caller = caller
-        self.otel_trace_id = caller.trace_id if caller else uuid.uuid4().int
+        self.otel_trace_id = caller.trace_id if caller else random_id(128)
         self.trace_id_value = new_trace_id(self.otel_trace_id)
         super().__init__(self, "chat_turn", CHAIN, caller.span_id if caller else None)
         self.spans: list[Span] = [self]
@@ -228,7 +241,7 @@ class TurnTrace(Span):
         if caller is None:
             return
         self.caller = None
-        self.otel_trace_id = uuid.uuid4().int
+        self.otel_trace_id = random_id(128)
         self.trace_id_value = new_trace_id(self.otel_trace_id)
         self.data["parent_id"] = None
         self.set_attribute("caller.trace_id", f"{caller.trace_id:032x}")

@@ -1,3 +1,5 @@
+import os
+import random
 import socket
 import time
 
@@ -61,6 +63,39 @@ def test_child_spans_outside_a_turn_are_no_ops():
     with tracing.llm_span(messages=[ChatMessage("user", "x")], model="m") as span:
         span.set_inputs({"x": 1})
     assert span.trace_id is None
+
+
+def test_trace_and_span_ids_are_made_without_a_system_call(monkeypatch):
+    # os.urandom lets go of the GIL: on the event loop, getting it back waits for a unit thread.
+    def no_system_call(n):
+        raise AssertionError("os.urandom read for an id")
+
+    monkeypatch.setattr(os, "urandom", no_system_call)
+    monkeypatch.setattr(random, "_urandom", no_system_call)  # secrets / SystemRandom
+    with tracing.turn_trace(
+        message="hi", user_id=1, username="u", session_id="s", client_request_id="r", endpoint="e"
+    ) as trace:
+        with tracing.history_span(session_id="s") as history:
+            pass
+        with tracing.llm_span(messages=[], model="m") as llm:
+            pass
+    span_ids = {trace.span_id, history.span_id, llm.span_id}
+    assert len(span_ids) == 3 and all(0 < s < 2**63 for s in span_ids)
+    assert trace.trace_id == f"tr-{trace.otel_trace_id:032x}" and trace.otel_trace_id > 0
+
+
+def test_forked_workers_draw_different_trace_ids():
+    # gunicorn forks its workers: Python reseeds `random` in a child, so ids do not repeat.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        os.write(write, tracing.new_trace_id().encode())
+        os._exit(0)
+    os.close(write)
+    child = os.read(read, 64).decode()
+    os.waitpid(pid, 0)
+    os.close(read)
+    assert child.startswith("tr-") and child != tracing.new_trace_id()
 
 
 def test_a_trace_names_its_user_by_username_beside_the_stable_id(
