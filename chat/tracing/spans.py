@@ -16,6 +16,7 @@ conversation is and holds no conversation text. See docs/tracing.md.
 from __future__ import annotations
 
 import contextvars
+import os
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -70,16 +71,24 @@ def message_ref(message_id: int) -> dict:
     return {MESSAGE_REF: message_id}
 
 
+# Ids are drawn from a generator of this module's own, seeded from the system's randomness at
+# import and again in every forked worker. Not the `random` module's shared one: whatever seeds
+# that (Hypothesis and pytest-randomly do, before each example and test; a script might) would
+# make ids repeat, and a repeated trace id fails the turn's insert.
+_ids = random.Random()
+os.register_at_fork(after_in_child=_ids.seed)
+
+
 def random_id(bits: int) -> int:
     """A non-zero random id of `bits` bits, made as OpenTelemetry's `RandomIdGenerator` makes
-    trace and span ids: `random.getrandbits`, reseeded in every forked worker by Python itself.
+    trace and span ids: with `getrandbits`, no system call.
 
     Ids must be unique, not secret. `uuid.uuid4()` and `secrets.randbits()` read `os.urandom`,
     which lets go of the GIL for its system call: on the event loop, with a unit thread ready to
     run, taking it back waited for that thread (py-spy on a served worker at 20 turns/s: a third
     of a millisecond a turn in `uuid4` alone, most of what tracing cost a turn).
     """
-    while not (value := random.getrandbits(bits)):
+    while not (value := _ids.getrandbits(bits)):
         pass
     return value
 

@@ -84,8 +84,16 @@ def test_trace_and_span_ids_are_made_without_a_system_call(monkeypatch):
     assert trace.trace_id == f"tr-{trace.otel_trace_id:032x}" and trace.otel_trace_id > 0
 
 
+def test_ids_do_not_repeat_when_something_seeds_random():
+    # Hypothesis and pytest-randomly seed `random` before each example and test; a script may.
+    random.seed(18)
+    first = tracing.new_trace_id()
+    random.seed(18)
+    assert tracing.new_trace_id() != first
+
+
 def test_forked_workers_draw_different_trace_ids():
-    # gunicorn forks its workers: Python reseeds `random` in a child, so ids do not repeat.
+    # gunicorn forks its workers: the id generator is reseeded in a child, so ids do not repeat.
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover (the child)
