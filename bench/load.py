@@ -60,7 +60,9 @@ from pathlib import Path
 import aiohttp
 from _setup import ROOT, percentile
 
-FULL = {"rates": "100,200", "duration": 60.0, "compare_duration": 20.0, "compare_block": 5.0}
+# The comparison's p50s (~7 ms) differ by tenths of a millisecond: 20 s per mode in 5 s blocks
+# gave 1.00-1.06x for the same code across runs; 60 s in 10 s blocks is steadier (docs/tracing.md).
+FULL = {"rates": "100,200", "duration": 60.0, "compare_duration": 60.0, "compare_block": 10.0}
 QUICK = {"rates": "20", "duration": 5.0, "compare_duration": 3.0, "compare_block": 3.0}
 # As bin/serve: the tracking server and the delivery workers yield the CPU to request threads.
 BACKGROUND = ["nice", "-n", "10"]
@@ -673,8 +675,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--compare-rate", type=float, default=20.0, help="traced vs untraced, per s (20)"
     )
-    parser.add_argument("--compare-duration", type=float, help="seconds per mode (default 20)")
-    parser.add_argument("--compare-block", type=float, help="seconds per alternating block (5)")
+    parser.add_argument("--compare-duration", type=float, help="seconds per mode (default 60)")
+    parser.add_argument("--compare-block", type=float, help="seconds per alternating block (10)")
     parser.add_argument(
         "--drain-timeout", type=float, default=120.0, help="longest wait for traces, s (120)"
     )
