@@ -23,6 +23,7 @@ from chat.exceptions import ChatError, RequestIdConflict
 from chat.llm import ChatMessage, LLMReply, get_chat_model
 from chat.models import ChatSession, Message, TraceExport, Turn
 from chatproject.asyncdb import db_unit
+from chatproject.db import prepared
 
 logger = logging.getLogger(__name__)
 
@@ -194,22 +195,27 @@ def _turn_start(
     client_request_id: str,
     endpoint: str,
 ) -> tuple[Turn, Message]:
+    # The rows are built before the transaction and written with prepared statements
+    # (chatproject.db.prepared): on SQLite the transaction holds the database's one write lock.
+    new_session = session is None
+    if new_session:
+        session = ChatSession(owner=user, title=_title_from(message))
+    turn = Turn(
+        session=session,
+        user=user,
+        client_request_id=client_request_id,
+        endpoint=endpoint,
+        environment=settings.APP_ENVIRONMENT,
+        app_version=settings.APP_VERSION,
+        attempts=1,
+        started_at=timezone.now(),
+    )
+    question = Message(session=session, turn=turn, role=Message.Role.USER, content=message)
     with transaction.atomic():
-        if session is None:
-            session = ChatSession.objects.create(owner=user, title=_title_from(message))
-        turn = Turn.objects.create(
-            session=session,
-            user=user,
-            client_request_id=client_request_id,
-            endpoint=endpoint,
-            environment=settings.APP_ENVIRONMENT,
-            app_version=settings.APP_VERSION,
-            attempts=1,
-            started_at=timezone.now(),
-        )
-        question = Message.objects.create(
-            session=session, turn=turn, role=Message.Role.USER, content=message
-        )
+        if new_session:
+            prepared.insert(session)
+        prepared.insert(turn)
+        prepared.insert(question)
     return turn, question
 
 
@@ -438,18 +444,16 @@ def _turn_complete(
         "error": "",
         "partial_response": "",
     }
+    reply_message = Message(
+        session_id=turn.session_id, turn=turn, role=Message.Role.ASSISTANT, content=reply.content
+    )
     with transaction.atomic():
         # Only the attempt that holds the turn may finish it (a retry can claim a turn it
         # believes abandoned); otherwise nothing is written and this attempt reports a conflict.
-        if not _this_attempt(turn).update(**fields):
+        if not prepared.update(Turn, where=_this_attempt_is(turn), values=fields):
             raise RequestIdConflict("This turn was retried meanwhile; the retry answers it.")
-        reply_message = Message.objects.create(
-            session_id=turn.session_id,
-            turn=turn,
-            role=Message.Role.ASSISTANT,
-            content=reply.content,
-        )
-        ChatSession.objects.filter(pk=turn.session_id).update(updated_at=now)
+        prepared.insert(reply_message)
+        prepared.update(ChatSession, where={"id": turn.session_id}, values={"updated_at": now})
         if trace is not None:
             trace.answer_stored(reply_message.pk)
         _trace_store(turn, trace)
@@ -459,8 +463,12 @@ def _turn_complete(
     return reply_message
 
 
+def _this_attempt_is(turn: Turn) -> dict:
+    return {"id": turn.pk, "attempts": turn.attempts, "status": Turn.Status.PENDING}
+
+
 def _this_attempt(turn: Turn):
-    return Turn.objects.filter(pk=turn.pk, attempts=turn.attempts, status=Turn.Status.PENDING)
+    return Turn.objects.filter(**_this_attempt_is(turn))
 
 
 @db_unit
