@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.http import StreamingHttpResponse
-from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiTypes
 from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
@@ -23,6 +23,7 @@ from chat.capacity import TurnSlot, slot_for
 from chat.models import REQUEST_ID_PATTERN, Message
 from chatproject.api import StrictSerializer, WhenField, cursor_decode, cursor_encode
 from chatproject.asyncapi import AsyncAPIView
+from chatproject.openapi import extend_schema
 
 # The same pattern for JSON Schema (ECMA regex has no \Z).
 REQUEST_ID_SCHEMA_PATTERN = REQUEST_ID_PATTERN.pattern.replace("\\Z", "$")

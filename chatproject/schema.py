@@ -1,7 +1,10 @@
 """How the OpenAPI schema is generated (drf-spectacular)."""
 
+from drf_spectacular.generators import SchemaGenerator
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
+
+from chatproject.openapi import apply_pending_annotations
 
 # What any operation can answer besides its success, all in the one error shape
 # (`chatproject.api.exception_handler`): bad input, credentials, permission, not found, method,
@@ -81,3 +84,13 @@ class ApiSchema(AutoSchema):
             if "text/event-stream" in content:
                 content["text/event-stream"] = {"schema": SSE_EVENT}
         return responses
+
+
+class ApiSchemaGenerator(SchemaGenerator):
+    """drf-spectacular's generator, after applying the views' deferred `extend_schema`
+    annotations (chatproject.openapi), so every way of generating the schema (the view, the
+    `spectacular` command) sees them."""
+
+    def get_schema(self, request=None, public=False):
+        apply_pending_annotations()
+        return super().get_schema(request=request, public=public)

@@ -1,6 +1,6 @@
 """Feedback endpoints. They answer once the feedback is in the database; MLflow comes after."""
 
-from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, extend_schema
+from drf_spectacular.utils import OpenApiParameter, OpenApiTypes
 from rest_framework import serializers, status
 from rest_framework.permissions import IsAdminUser
 from rest_framework.request import Request
@@ -11,6 +11,7 @@ from chat import selectors as chat_selectors
 from chat.apis import REQUEST_ID_SCHEMA_PATTERN
 from chat.models import REQUEST_ID_PATTERN, Turn
 from chatproject.api import StrictSerializer, WhenField
+from chatproject.openapi import extend_schema
 from feedback import selectors, services
 from feedback.models import Feedback
 

@@ -3,13 +3,13 @@
 import logging
 
 from django.contrib.auth import logout
-from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from chatproject.api import StrictSerializer
+from chatproject.openapi import extend_schema
 from privacy import services
 from privacy.models import Erasure
 
