@@ -841,7 +841,8 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
         m = compare[mode]
         print(
             f"  {mode:9} p50 {fmt(m['p50_ms'], '.2f')} ms  p99 {fmt(m['p99_ms'], '.2f')} ms  "
-            f"app CPU {m['cpu_ms_per_turn']:.2f} ms a turn  "
+            f"app CPU {m['cpu_ms_per_turn']:.2f} ms a turn "
+            f"(user {m['cpu_user_ms_per_turn']:.2f})  "
             f"({m['answered']} answered, {m['errors']} errors)"
         )
     print(f"  p50 traced/untraced ratio: {fmt(compare['p50_ratio'], '.2f')}x")
@@ -862,14 +863,15 @@ def bench(app: App, args: argparse.Namespace, run: str, mlflow_port: int) -> dic
     }
 
 
-def workers_cpu_s(master: int) -> float:
-    """CPU seconds (user + system) of a gunicorn master's workers so far."""
-    total = 0
+def workers_cpu_s(master: int) -> tuple[float, float]:
+    """CPU seconds (user, system) of a gunicorn master's workers so far."""
+    user = system = 0
     for child in Path(f"/proc/{master}/task/{master}/children").read_text().split():
         with contextlib.suppress(OSError):
             fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / os.sysconf("SC_CLK_TCK")
+            user, system = user + int(fields[11]), system + int(fields[12])  # utime, stime
+    tick = os.sysconf("SC_CLK_TCK")
+    return user / tick, system / tick
 
 
 def compare_tracing(app: App, args: argparse.Namespace, run: str) -> dict:
@@ -884,6 +886,7 @@ def compare_tracing(app: App, args: argparse.Namespace, run: str) -> dict:
     latency: dict[str, list[float]] = {"traced": [], "untraced": []}
     counts = {mode: Counter() for mode in urls}
     cpu_s = {mode: 0.0 for mode in urls}  # the app workers' CPU during the mode's blocks
+    cpu_user_s = {mode: 0.0 for mode in urls}  # of which user (the rest: the kernel's)
     blocks = max(1, math.ceil(args.compare_duration / args.compare_block))
     for block in range(blocks):
         order = ("traced", "untraced") if block % 2 == 0 else ("untraced", "traced")
@@ -903,7 +906,9 @@ def compare_tracing(app: App, args: argparse.Namespace, run: str) -> dict:
                 )
             )
             latency[mode] += load.latency_ms
-            cpu_s[mode] += workers_cpu_s(app.masters[urls[mode]]) - cpu0
+            cpu1 = workers_cpu_s(app.masters[urls[mode]])
+            cpu_user_s[mode] += cpu1[0] - cpu0[0]
+            cpu_s[mode] += sum(cpu1) - sum(cpu0)
             counts[mode].update(answered=len(load.answered), errors=sum(load.errors.values()))
     result: dict = {"rate": args.compare_rate, "blocks": blocks, "block_s": args.compare_block}
     for mode, values in latency.items():
@@ -912,6 +917,7 @@ def compare_tracing(app: App, args: argparse.Namespace, run: str) -> dict:
             "p99_ms": percentile(values, 99) if values else None,
             "answered": counts[mode]["answered"],
             "cpu_ms_per_turn": 1000 * cpu_s[mode] / max(1, counts[mode]["answered"]),
+            "cpu_user_ms_per_turn": 1000 * cpu_user_s[mode] / max(1, counts[mode]["answered"]),
             "errors": counts[mode]["errors"],
         }
     traced, untraced = result["traced"]["p50_ms"], result["untraced"]["p50_ms"]
