@@ -1,16 +1,26 @@
 """The gunicorn worker that serves the app over ASGI (see gunicorn.conf.py and docs/serving.md).
 
 uvicorn's worker for gunicorn, with what this app needs on top: uvloop and httptools, no ASGI
-lifespan (Django has none), and a stop that lets turns in flight finish within gunicorn's
-`graceful_timeout` before the master would kill the worker.
+lifespan (Django has none), a stop that lets turns in flight finish within gunicorn's
+`graceful_timeout` before the master would kill the worker, and new connections accepted in
+batches (`BatchAcceptor`).
 """
 
+import asyncio
 import ctypes
+import errno
 import gc
+import logging
 import os
+import socket
 import sys
 
+from gunicorn.arbiter import Arbiter
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
+
+logger = logging.getLogger(__name__)
 
 
 class ChatWorker(UvicornWorker):
@@ -32,6 +42,15 @@ class ChatWorker(UvicornWorker):
         _limit_malloc_arenas(_arenas_wanted())
         super().init_process()
 
+    async def _serve(self) -> None:
+        # As UvicornWorker._serve, with the server that accepts connections in batches.
+        self.config.app = self.wsgi
+        server = BatchAcceptServer(config=self.config)
+        self._install_sigquit_handler()
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
     def load_wsgi(self):
         super().load_wsgi()
         from chatproject.middleware import skip_request_started_thread_hop
@@ -39,6 +58,99 @@ class ChatWorker(UvicornWorker):
         skip_request_started_thread_hop()
         _freeze_loaded()
         _tune_gc(int(os.environ.get("WEB_GC_THRESHOLD", "0")))
+
+
+class BatchAcceptor:
+    """Accepts the connections waiting on a listening socket, up to BATCH each time it is
+    readable, and hands each to the event loop as uvicorn's own server would.
+
+    libuv (under uvloop) accepts one connection per event loop pass since libuv 1.45
+    (libuv/libuv#3696), which is right for a quiet server and wrong for a busy one: with the
+    loop busy streaming answers a pass takes tens of milliseconds, and at 1,000 users arriving
+    at once the listen queue held up to 423 connections, each waiting seconds before its request
+    was even read, so a refusal that takes a millisecond arrived 4-22 s late
+    (bench/concurrency.py; docs/serving.md). Python's own event loop accepts in batches the same
+    way (`BaseSelectorEventLoop._accept_connection`); the transports stay uvloop's.
+    """
+
+    BATCH = 64  # per pass and process: gunicorn's workers share the socket and each takes some
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol_factory):
+        self._loop = loop
+        self._sock = sock
+        self._protocol_factory = protocol_factory
+        self._connecting: set[asyncio.Task] = set()
+        self._serving = True
+        sock.setblocking(False)
+        loop.add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        for _ in range(self.BATCH):
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue  # the client gave up while it waited: take the next
+            except OSError as exc:
+                if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    raise
+                # Out of descriptors or memory: the connections wait in the listen queue (or
+                # go to the other workers) until some are closed, instead of a busy loop.
+                logger.error("accepting connections paused for 1 s: %s", exc)
+                self._loop.remove_reader(self._sock.fileno())
+                self._loop.call_later(1.0, self._resume)
+                return
+            task = self._loop.create_task(self._connect(conn))
+            self._connecting.add(task)
+            task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await self._loop.connect_accepted_socket(self._protocol_factory, conn)
+        except OSError:
+            conn.close()  # reset by the client before its transport was made
+
+    def _resume(self) -> None:
+        if self._serving:
+            self._loop.add_reader(self._sock.fileno(), self._accept)
+
+    # What uvicorn's `Server.shutdown` asks of the servers it made.
+    def close(self) -> None:
+        if self._serving:
+            self._serving = False
+            self._loop.remove_reader(self._sock.fileno())
+
+    def is_serving(self) -> bool:
+        return self._serving
+
+    async def wait_closed(self) -> None:
+        if self._connecting:
+            await asyncio.gather(*self._connecting, return_exceptions=True)
+
+
+class BatchAcceptServer(Server):
+    """uvicorn's server, on gunicorn's listening sockets through `BatchAcceptor`."""
+
+    async def startup(self, sockets=None) -> None:
+        if sockets is None:  # not under gunicorn: uvicorn's own
+            return await super().startup(sockets)
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            sys.exit(STARTUP_FAILURE)
+        config = self.config
+
+        def create_protocol(_loop=None):
+            return config.http_protocol_class(
+                config=config,
+                server_state=self.server_state,
+                app_state=self.lifespan.state,
+                _loop=_loop,
+            )
+
+        loop = asyncio.get_running_loop()
+        self.servers = [BatchAcceptor(loop, sock, create_protocol) for sock in sockets]
+        self.started = True
 
 
 def _freeze_loaded() -> None:

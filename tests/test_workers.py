@@ -109,3 +109,46 @@ def test_a_worker_s_threads_share_two_malloc_arenas_by_default(monkeypatch):
     # Two: the main arena and one more, however many threads allocate at once.
     assert thread_arenas(2) <= 1
     assert thread_arenas(0) >= 3  # glibc's own default: an arena per thread, up to 8 per core
+
+
+def test_connections_waiting_to_be_accepted_are_taken_in_one_pass_up_to_the_batch():
+    import asyncio
+    import socket
+
+    import uvloop
+
+    from chatproject.workers import BatchAcceptor
+
+    class Recorder(asyncio.Protocol):
+        made: list = []
+
+        def connection_made(self, transport):
+            self.made.append(transport)
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        listener = socket.create_server(("127.0.0.1", 0), backlog=200)
+        clients = [socket.create_connection(listener.getsockname()) for _ in range(70)]
+        acceptor = BatchAcceptor(loop, listener, Recorder)
+        try:
+            acceptor._accept()  # one pass, as when the socket is readable once
+            first_pass = len(acceptor._connecting)
+            await acceptor.wait_closed()
+            await asyncio.sleep(0.05)  # the rest: the socket is still readable
+            acceptor.close()
+            clients.append(socket.create_connection(listener.getsockname()))
+            await asyncio.sleep(0.05)  # closed: a new connection waits in the listen queue
+            return first_pass, len(Recorder.made), acceptor.is_serving()
+        finally:
+            for transport in Recorder.made:
+                transport.close()
+            for client in clients:
+                client.close()
+            listener.close()
+
+    first_pass, made, serving = uvloop.run(scenario())
+
+    # libuv alone accepts one connection per pass of the event loop (libuv/libuv#3696).
+    assert first_pass == BatchAcceptor.BATCH
+    assert made == 70  # all of them, with uvloop's transports
+    assert not serving
