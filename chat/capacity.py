@@ -2,15 +2,19 @@
 
 Past `CHAT_MAX_TURNS_IN_FLIGHT` a turn is refused at once (503 `overloaded` with `Retry-After`)
 instead of queued: a queue in front of a model that takes seconds per reply only makes every user
-wait longer, and a client that gave up would still be answered. See docs/serving.md.
+wait longer, and a client that gave up would still be answered. So is a turn that arrives while
+the process's event loop runs its work later than `CHAT_MAX_LOOP_LAG_MS`: the cap is a count, and
+what a count of turns costs depends on the machine. See docs/serving.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import json
 import threading
+import weakref
 
 from django.conf import settings
 from django.urls import Resolver404, resolve
@@ -33,22 +37,64 @@ class TurnSlot:
 
 
 class TurnSlots:
+    """The process's turns in flight, against a cap that follows what the machine carries.
+
+    The cap is CHAT_MAX_TURNS_IN_FLIGHT at most. While the event loop runs later than
+    CHAT_MAX_LOOP_LAG_MS the turns in flight are more than the CPU gets through, so the cap is cut
+    to three quarters of them (at most every CUT_EVERY_S, the time a cut takes to show); while
+    it runs on time the cap grows back by one streamed turn a tick (20 a second). A count tuned
+    on one machine is then never more than another carries: with the count alone, a 2-core
+    machine 4-6x slower than the one it was tuned on fell 22 s behind at 1,000 streamed users.
+    """
+
+    CUT_EVERY_S = 0.5
+
     def __init__(self) -> None:
         # The event loop is one thread, but `manage.py runserver` runs each request in its own.
         self._lock = threading.Lock()
         self.in_flight = 0
         self.peak = 0
         self.refused = 0
+        self.adapted_cap: float | None = None  # None: the configured cap (nothing measured)
+        self._last_cut = float("-inf")
 
-    def take(self, *, streamed: bool = False) -> TurnSlot:
+    def cap(self) -> int:
+        configured = settings.CHAT_MAX_TURNS_IN_FLIGHT
+        if self.adapted_cap is None or settings.CHAT_MAX_LOOP_LAG_MS <= 0:
+            return configured
+        return min(configured, int(self.adapted_cap))
+
+    def adapt(self, *, lag_s: float, now: float) -> None:
+        """Follow the event loop's lateness `lag_s`, measured at `now` (loop time, seconds)."""
+        max_lag_s = settings.CHAT_MAX_LOOP_LAG_MS / 1000
+        configured = settings.CHAT_MAX_TURNS_IN_FLIGHT
+        with self._lock:
+            if max_lag_s <= 0:
+                self.adapted_cap = None
+                return
+            cap = configured if self.adapted_cap is None else self.adapted_cap
+            if lag_s > max_lag_s:
+                if now - self._last_cut >= self.CUT_EVERY_S:
+                    self._last_cut = now
+                    floor = settings.CHAT_STREAM_TURN_WEIGHT  # room for one turn of any kind
+                    cap = max(floor, 0.75 * min(cap, self.in_flight))
+            else:
+                cap = min(configured, cap + settings.CHAT_STREAM_TURN_WEIGHT)
+            self.adapted_cap = cap
+
+    def take(self, *, streamed: bool = False, loop_lag_s: float = 0.0) -> TurnSlot:
         """A JSON turn's slot, or a streamed turn's (`CHAT_STREAM_TURN_WEIGHT` slots: each of
         its ~120 pieces goes through the event loop, ~2x a JSON turn's CPU).
 
-        Raises: Overloaded when this process already answers its cap of turns.
+        `loop_lag_s`: how late the event loop that would run the turn is (`loop_lag`).
+        Raises: Overloaded when this process already answers its cap of turns, or its event
+        loop is later than CHAT_MAX_LOOP_LAG_MS.
         """
         weight = settings.CHAT_STREAM_TURN_WEIGHT if streamed else 1
+        max_lag_s = settings.CHAT_MAX_LOOP_LAG_MS / 1000
         with self._lock:
-            if self.in_flight + weight > settings.CHAT_MAX_TURNS_IN_FLIGHT:
+            lagging = max_lag_s > 0 and loop_lag_s > max_lag_s
+            if lagging or self.in_flight + weight > self.cap():
                 self.refused += 1
                 raise overloaded()
             self.in_flight += weight
@@ -61,6 +107,48 @@ class TurnSlots:
 
 
 turn_slots = TurnSlots()
+
+
+class _LoopLag:
+    """How late one event loop runs what is due: a tick every TICK_S notes its own lateness.
+
+    Work queued on an event loop waits behind everything ready before it; when the turns in
+    flight bring more work than the CPU gets through, that wait grows without bound, and with it
+    every answer's next piece and every refusal's 503 (bench/concurrency.py, 1,000 streamed users
+    on a 2-core machine: refusals up to 22 s late with the cap alone).
+    """
+
+    TICK_S = 0.05
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._late_s = 0.0
+        self._due = loop.time() + self.TICK_S
+        loop.call_at(self._due, self._tick)
+
+    def _tick(self) -> None:
+        now = self._loop.time()
+        self._late_s = now - self._due
+        self._due = now + self.TICK_S
+        self._loop.call_at(self._due, self._tick)
+        turn_slots.adapt(lag_s=self._late_s, now=now)
+
+    def lag_s(self) -> float:
+        """The last tick's lateness, or how overdue the next one already is: whichever is more."""
+        return max(self._late_s, self._loop.time() - self._due)
+
+
+_loop_lags: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def loop_lag() -> float:
+    """Seconds the running event loop is behind (0 at its first call: it starts measuring)."""
+    loop = asyncio.get_running_loop()
+    lag = _loop_lags.get(loop)
+    if lag is None:
+        _loop_lags[loop] = _LoopLag(loop)
+        return 0.0
+    return lag.lag_s()
 
 
 def overloaded() -> Overloaded:
@@ -109,9 +197,10 @@ def refuse_when_full(app):
             and _takes_turn_slot(scope["path"])
         ):
             return await app(scope, receive, send)
+        lag_s = loop_lag()  # before reading the body: a late loop reads it late too
         streamed, receive = await _streamed(scope, receive)
         try:
-            slot = turn_slots.take(streamed=streamed)
+            slot = turn_slots.take(streamed=streamed, loop_lag_s=lag_s)
         except Overloaded as exc:
             await _refuse(exc, send)
             return

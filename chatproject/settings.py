@@ -266,6 +266,10 @@ CHAT_OVERLOAD_RETRY_AFTER_S = env.int("CHAT_OVERLOAD_RETRY_AFTER_S", default=2)
 # ~2x a JSON turn's CPU, and a process with more streams than its CPU carries accepts even its
 # refusals late (docs/serving.md). 340 / 4: 85 streams per process.
 CHAT_STREAM_TURN_WEIGHT = env.int("CHAT_STREAM_TURN_WEIGHT", default=4)
+# Below the cap, a turn is refused too (503 `overloaded`) while the process's event loop runs
+# what is due later than this: the machine is past what it carries, whatever the count says
+# (a slower machine, a busier neighbour). 0: the cap alone. See docs/serving.md.
+CHAT_MAX_LOOP_LAG_MS = env.int("CHAT_MAX_LOOP_LAG_MS", default=250)
 # A streamed turn sends an SSE comment when the model has been silent this long (proxies and
 # browsers drop idle connections); 0: never.
 CHAT_STREAM_KEEPALIVE_S = env.float("CHAT_STREAM_KEEPALIVE_S", default=15.0)

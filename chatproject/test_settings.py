@@ -35,3 +35,6 @@ THROTTLE_RATES = dict.fromkeys(THROTTLE_RATES, "100000/min")  # noqa: F405
 # Which turns get a second (blind) review depends on their ids: off, so a test's single label
 # settles its turn; tests of double review turn it on.
 REVIEW_DOUBLE_SHARE = 0.0
+# In-process requests share the test's event loop with whatever the test does: only the tests of
+# load shedding by event-loop lag turn it on (served tests run with the production default).
+CHAT_MAX_LOOP_LAG_MS = 0

@@ -123,7 +123,9 @@ def test_kill_9_of_an_app_worker_mid_load(stack):
             if response.status_code == 200:
                 load.answered[request_id] = response.json()
                 break
-            assert response.status_code == 409, response.text
+            # 409 until the turn is closed; 503 `overloaded` if the restarted worker's event
+            # loop is still catching up (a client retries both after a pause).
+            assert response.status_code in (409, 503), response.text
             assert time.monotonic() - killed_at < RECOVERY_S
             time.sleep(1)
     _wait_traced(stack, load.answered, killed_at)

@@ -14,6 +14,7 @@ from django.db import close_old_connections, connections, reset_queries
 from django.db.backends.signals import connection_created
 
 from chat.capacity import turn_slots
+from chat.exceptions import Overloaded
 from chat.llm import get_chat_model
 from chat.models import Turn
 from chatproject.asyncdb import UnitThreads, _RequestThread
@@ -85,6 +86,77 @@ def test_a_streamed_turn_counts_as_several_slots_at_the_door(token, settings):
     assert by_body.status == 503 and by_header.status == 503
     assert json_turn.status == 200 and json_turn.json()["response"]  # body replayed to Django
     assert Turn.objects.count() == 1
+
+
+def test_a_turn_arriving_while_the_event_loop_runs_late_is_refused_at_the_door(token, settings):
+    gc.collect()
+    settings.CHAT_MAX_LOOP_LAG_MS = 100
+    before = turn_slots.in_flight
+
+    async def scenario():
+        first = await asgi_post_async("/api/chat/", {"message": "on time"}, token=token)
+        time.sleep(0.3)  # the event loop's thread busy: what is due on it waits
+        late = await asgi_post_async("/api/chat/", {"message": "late"}, token=token)
+        other = await asgi_post_async("/api/sessions/", {"title": "not a turn"}, token=token)
+        await asyncio.sleep(0.2)  # the loop on time again
+        again = await asgi_post_async("/api/chat/", {"message": "on time again"}, token=token)
+        return first, late, other, again
+
+    try:
+        first, late, other, again = async_to_sync(scenario)()
+    finally:
+        turn_slots.adapted_cap = None  # what the late tick cut is this test's alone
+
+    assert first.status == 200 and again.status == 200
+    assert late.status == 503 and late.json()["error"] == "overloaded"
+    assert late.headers["retry-after"] == str(settings.CHAT_OVERLOAD_RETRY_AFTER_S)
+    assert other.status == 201  # only chat turns are shed
+    assert Turn.objects.count() == 2  # the refused turn stored nothing
+    assert turn_slots.in_flight == before
+
+
+def test_the_cap_is_cut_while_the_loop_runs_late_and_grows_back_while_it_is_on_time(settings):
+    from chat.capacity import TurnSlots
+
+    settings.CHAT_MAX_TURNS_IN_FLIGHT = 100
+    settings.CHAT_STREAM_TURN_WEIGHT = 4
+    settings.CHAT_MAX_LOOP_LAG_MS = 100
+    slots = TurnSlots()
+    held = [slots.take(streamed=True) for _ in range(20)]  # 80 slots in flight
+    assert slots.cap() == 100
+
+    slots.adapt(lag_s=0.3, now=10.0)
+    assert slots.cap() == 60  # three quarters of what is in flight
+    slots.adapt(lag_s=0.3, now=10.2)
+    assert slots.cap() == 60  # one cut per CUT_EVERY_S: the first has not shown yet
+    with pytest.raises(Overloaded):
+        slots.take()
+    slots.adapt(lag_s=0.3, now=10.6)
+    assert slots.cap() == 45
+
+    for slot in held[:15]:
+        slot.release()  # 20 slots in flight
+    slots.adapt(lag_s=0.01, now=10.65)
+    assert slots.cap() == 49  # on time: one streamed turn more
+    assert slots.take(streamed=True).weight == 4
+    for n in range(20):
+        slots.adapt(lag_s=0.01, now=10.7 + n * 0.05)
+    assert slots.cap() == 100  # never past the configured cap
+
+    settings.CHAT_MAX_LOOP_LAG_MS = 0
+    slots.adapt(lag_s=5.0, now=20.0)
+    assert slots.cap() == 100  # 0: the configured cap alone
+
+
+def test_with_no_lag_limit_a_late_event_loop_still_answers(token, settings):
+    settings.CHAT_MAX_LOOP_LAG_MS = 0
+
+    async def scenario():
+        await asgi_post_async("/api/chat/", {"message": "first"}, token=token)
+        time.sleep(0.3)
+        return await asgi_post_async("/api/chat/", {"message": "late"}, token=token)
+
+    assert async_to_sync(scenario)().status == 200
 
 
 def test_a_model_that_stops_answering_frees_the_turns_slot_with_a_504(token, llm_server, settings):
