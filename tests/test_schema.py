@@ -72,38 +72,3 @@ def test_the_deferred_extend_schema_refuses_what_it_cannot_defer():
         @extend_schema(responses={204: None})
         class NotAMethod:
             pass
-
-
-def test_a_web_worker_loads_no_schema_generator(tmp_path):
-    # drf-spectacular's generator imports django.test, jinja2 and unittest: ~5 MB per worker.
-    import json
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = (
-        "import json, sys\n"
-        "import chatproject.asgi, chatproject.workers\n"
-        "from django.urls import resolve\n"
-        "resolve('/api/schema/'); resolve('/api/docs/')\n"
-        "heavy = ('drf_spectacular.openapi', 'drf_spectacular.generators',"
-        " 'drf_spectacular.views', 'chatproject.schema', 'django.test', 'jinja2')\n"
-        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
-    )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-        "DJANGO_SETTINGS_MODULE": "chatproject.settings",
-        "DJANGO_SECRET_KEY": "imports-test",
-        "DJANGO_DOT_ENV": "",
-        "DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
-        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
-        "MLFLOW_HTTP_REQUEST_TIMEOUT": "1",
-        "LOG_LEVEL": "ERROR",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -1,4 +1,5 @@
-"""A web worker never imports MLflow: `import mlflow` costs ~1.9 s and ~150 MB per process."""
+"""What a web worker imports: never MLflow (`import mlflow` costs ~1.9 s and ~150 MB per
+process), nor drf-spectacular's schema generator (~5 MB)."""
 
 import json
 import os
@@ -40,7 +41,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def test_a_turn_feedback_health_check_and_erasure_import_no_mlflow(tmp_path):
+def _run_as_a_web_worker(script: str, tmp_path) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -54,10 +55,30 @@ def test_a_turn_feedback_health_check_and_erasure_import_no_mlflow(tmp_path):
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "1",
         "LOG_LEVEL": "ERROR",
     }
-    done = subprocess.run(
-        [sys.executable, "-c", SCRIPT], cwd=tmp_path, env=env, capture_output=True, text=True
+    return subprocess.run(
+        [sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True
     )
+
+
+def test_a_turn_feedback_health_check_and_erasure_import_no_mlflow(tmp_path):
+    done = _run_as_a_web_worker(SCRIPT, tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     chat, feedback, health, erased, heavy = json.loads(done.stdout.strip().splitlines()[-1])
     assert (chat, feedback, health, erased) == (200, 201, 200, 204)
     assert heavy == []
+
+
+def test_a_web_worker_loads_no_schema_generator(tmp_path):
+    # drf-spectacular's generator imports django.test, jinja2 and unittest (chatproject.openapi).
+    script = (
+        "import json, sys\n"
+        "import chatproject.asgi, chatproject.workers\n"
+        "from django.urls import resolve\n"
+        "resolve('/api/schema/'); resolve('/api/docs/')\n"
+        "heavy = ('drf_spectacular.openapi', 'drf_spectacular.generators',"
+        " 'drf_spectacular.views', 'chatproject.schema', 'django.test', 'jinja2')\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    done = _run_as_a_web_worker(script, tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
