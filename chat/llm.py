@@ -8,8 +8,8 @@ from `Span.trace_headers`) go on the HTTP request, so a traced model server join
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
-import json
 import re
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+import orjson
 from asgiref.sync import AsyncToSync
 from django.conf import settings
 
@@ -99,7 +100,7 @@ class ReplyStream:
                 yield piece
             return
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
+        queue = _Handoff(loop)
         finished = object()
         last_piece = last_sent = loop.time()
 
@@ -110,14 +111,14 @@ class ReplyStream:
                     async for piece in self._pieces:
                         last_piece = loop.time()
                         self._seen.append(piece)
-                        queue.put_nowait(piece)
+                        queue.put(piece)
                 finally:
                     await self.aclose()
             except Exception as exc:  # handed to the reader below, which raises it
-                queue.put_nowait(exc)
+                queue.put(exc)
                 return
             self.reply = self._finish("".join(self._seen))
-            queue.put_nowait(finished)
+            queue.put(finished)
 
         async def watch() -> None:
             nonlocal last_sent
@@ -128,11 +129,11 @@ class ReplyStream:
                 now = loop.time()
                 if idle_timeout and now - last_piece >= idle_timeout:
                     reader.cancel()
-                    queue.put_nowait(LLMTimeout("The language model stopped answering."))
+                    queue.put(LLMTimeout("The language model stopped answering."))
                     return
                 if now - max(last_piece, last_sent) >= every_s:
                     last_sent = now
-                    queue.put_nowait(None)
+                    queue.put(None)
 
         reader = asyncio.create_task(read())
         watcher = asyncio.create_task(watch())
@@ -160,6 +161,34 @@ class ReplyStream:
     @property
     def text_so_far(self) -> str:
         return "".join(self._seen)
+
+
+class _Handoff:
+    """Items from one task to one other, in order: `asyncio.Queue` without what one reader and
+    one writer never need (its size limit, its waiters' lists, its loop checks per call), which
+    cost a few percent of a streamed turn's CPU (bench/turn_cpu.py --stream)."""
+
+    __slots__ = ("_items", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._items: collections.deque = collections.deque()
+        self._loop = loop
+        self._waiter: asyncio.Future | None = None
+
+    def put(self, item) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self):
+        while not self._items:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
 
 TraceHeaders = Mapping[str, str]
@@ -340,7 +369,7 @@ class OpenAICompatibleChat:
                 body = self._body(messages)
                 response = await self._post(client, body, trace_headers, stream=False)
         try:
-            completion = json.loads(response.content)
+            completion = orjson.loads(response.content)
             content = completion["choices"][0]["message"]["content"]
         except (ValueError, LookupError, TypeError) as exc:
             raise LLMUnavailable("The language model returned no answer.") from exc
@@ -363,14 +392,16 @@ class OpenAICompatibleChat:
         body = self._body(messages, stream=True, stream_options={"include_usage": True})
 
         async def pieces() -> AsyncIterator[str]:
-            # The raw event stream, each chunk read with `json.loads`: the SDK's typed chunks
-            # (a pydantic model built per token) cost ~2/3 of a streamed turn's CPU (py-spy,
-            # bench/concurrency.py at 128 users). Errors and the HTTP client stay the SDK's.
+            # The raw event stream, split into lines here and each `data:` line read with orjson:
+            # the SDK's typed chunks (a pydantic model built per token) cost ~2/3 of a streamed
+            # turn's CPU (py-spy, bench/concurrency.py at 128 users), and httpx's text and line
+            # decoders, two more generators per piece, a tenth (bench/turn_cpu.py --stream).
+            # Errors and the HTTP client stay the SDK's.
             with self._errors():
                 async with self._session() as client:
                     response = await self._post(client, body, trace_headers, stream=True)
                     try:
-                        async for line in response.aiter_lines():
+                        async for line in _lines(response.aiter_bytes()):
                             chunk = _sse_chunk(line)
                             if chunk is None:
                                 continue
@@ -414,19 +445,34 @@ class OpenAICompatibleChat:
             raise LLMUnavailable("The language model could not be reached.") from exc
 
 
-def _sse_chunk(line: str) -> dict | None:
+async def _lines(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a byte stream, without their ends (LF, CRLF or CR, as server-sent events)."""
+    rest = b""
+    async for chunk in chunks:
+        if b"\r" in chunk:
+            # A CRLF split across two chunks leaves one more empty line: lines are read one by
+            # one and an empty one is skipped, so it changes nothing.
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        *lines, rest = (rest + chunk).split(b"\n")
+        for line in lines:
+            yield line
+    if rest:
+        yield rest
+
+
+def _sse_chunk(line: bytes) -> dict | None:
     """One `data:` line of a chat-completions event stream as a dict; None for anything else.
 
     Raises LLMUnavailable for an `error` event or a chunk that is not JSON.
     """
-    if not line.startswith("data:"):
+    if not line.startswith(b"data:"):
         return None  # blank separators, comments (keepalives), `event:` lines
     data = line[5:].strip()
-    if data == "[DONE]":
+    if data == b"[DONE]":
         return None
     try:
-        chunk = json.loads(data)
-    except ValueError as exc:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise LLMUnavailable("The language model sent a malformed stream.") from exc
     if not isinstance(chunk, dict):
         raise LLMUnavailable("The language model sent a malformed stream.")
