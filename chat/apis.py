@@ -22,7 +22,7 @@ from chat import selectors, services, tracing
 from chat.capacity import TurnSlot, slot_for
 from chat.models import REQUEST_ID_PATTERN, Message
 from chatproject.api import StrictSerializer, WhenField, cursor_decode, cursor_encode
-from chatproject.asyncapi import AsyncAPIView
+from chatproject.asyncapi import AsyncAPIView, over_asgi
 from chatproject.openapi import extend_schema
 
 # The same pattern for JSON Schema (ECMA regex has no \Z).
@@ -103,15 +103,23 @@ _SSE_JSON = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 def event_stream_response(
     events: AsyncIterator[services.StreamEvent],
     *,
+    first: services.StreamEvent | None = None,
     request_id: str,
     serialize_done: Callable[[services.TurnReply], dict],
     slot: TurnSlot,
 ) -> StreamingHttpResponse:
-    """Server-sent events, read from `events` as the ASGI server sends them.
+    """Server-sent events, read from `events` (after `first`, already read) as the ASGI server
+    sends them.
 
     The turn's slot is given back when the stream ends, however it ends (a stream whose client
     left before it started ends with the response).
     """
+
+    def encode(event: services.StreamEvent) -> bytes:
+        if event.kind == "keepalive":
+            return b": keepalive\n\n"
+        data = serialize_done(event.data) if event.kind == "done" else event.data
+        return sse_event(event.kind, data)
 
     async def encoded() -> AsyncIterator[bytes]:
         # Bytes, so Django's response passes each piece on as it is (a str is encoded per piece
@@ -120,12 +128,10 @@ def event_stream_response(
             # Closing this stream (the client left while a piece was being sent) closes the
             # turn's too, so the turn is recorded as cancelled at once, not when collected.
             async with aclosing(events) as stream:
+                if first is not None:
+                    yield encode(first)
                 async for event in stream:
-                    if event.kind == "keepalive":
-                        yield b": keepalive\n\n"
-                        continue
-                    data = serialize_done(event.data) if event.kind == "done" else event.data
-                    yield sse_event(event.kind, data)
+                    yield encode(event)
         finally:
             slot.release()
 
@@ -233,9 +239,15 @@ class ChatApi(AsyncAPIView):
         try:
             request_id = claim.turn.client_request_id
             if begun.streamed:
+                events = services.turn_stream(claim)
+                # Served, the turn runs to its start event here, its model call started: the
+                # model thinks while the response goes out through the middleware
+                # (docs/serving.md). Under WSGI the stream is read on an event loop of its own.
+                first = await anext(events) if over_asgi(request) else None
                 streaming = True
                 return event_stream_response(
-                    services.turn_stream(claim),
+                    events,
+                    first=first,
                     request_id=request_id,
                     serialize_done=self.represent,
                     slot=slot,

@@ -66,6 +66,7 @@ class ReplyStream:
         self._finish = finish
         self._idle_timeout_s = idle_timeout_s
         self._seen: list[str] = []
+        self._tasks: tuple[asyncio.Task, ...] = ()
         self.reply: LLMReply | None = None
 
     def __aiter__(self) -> AsyncIterator[str]:
@@ -87,18 +88,20 @@ class ReplyStream:
             await self.aclose()
         self.reply = self._finish("".join(self._seen))
 
-    async def with_keepalive(self, every_s: float | None) -> AsyncIterator[str | None]:
+    def with_keepalive(self, every_s: float | None) -> AsyncIterator[str | None]:
         """The pieces, with None whenever `every_s` passes without one (a stream's keepalive).
 
         The model's stream is read by a task of its own, so a keepalive never cancels the model
         call; leaving the loop cancels that task and the call. The idle timeout and the
         keepalive are checked by one watcher a few times per period, not by a timer per piece:
         at ~35 pieces a second per turn, per-piece timers were a tenth of a streamed turn's CPU.
+
+        The reading starts here, not at the first piece asked for: a streamed turn starts its
+        model call before its start event goes out (`chat.services.turn_stream`). Whoever calls
+        this and does not read the pieces to their end calls `stop_reading()`.
         """
         if not every_s:
-            async for piece in self:
-                yield piece
-            return
+            return aiter(self)
         loop = asyncio.get_running_loop()
         queue = _Handoff(loop)
         finished = object()
@@ -136,7 +139,10 @@ class ReplyStream:
                     queue.put(None)
 
         reader = asyncio.create_task(read())
-        watcher = asyncio.create_task(watch())
+        self._tasks = (asyncio.create_task(watch()), reader)
+        return self._drain(queue, finished)
+
+    async def _drain(self, queue: _Handoff, finished: object) -> AsyncIterator[str | None]:
         try:
             while True:
                 item = await queue.get()
@@ -146,11 +152,15 @@ class ReplyStream:
                     raise item
                 yield item
         finally:
-            for task in (watcher, reader):
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            self.stop_reading()
+            for task in self._tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    def stop_reading(self) -> None:
+        """Cancel the tasks `with_keepalive` started (the model call with them), if running."""
+        for task in self._tasks:
+            task.cancel()
 
     async def aclose(self) -> None:
         """Stop the model's generation (its HTTP response is closed)."""

@@ -323,15 +323,19 @@ async def turn_stream(claim: TurnClaim) -> AsyncIterator[StreamEvent]:
         yield StreamEvent("done", TurnReply(turn=turn, reply=claim.replay, replayed=True))
         return
     started = time.perf_counter()
-    trace, stream = None, None
+    trace, stream, start_sent = None, None, False
     try:
         with _trace_for(claim) as trace:
-            yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
             prompt = await _prompt_for(claim)
             model = get_chat_model()
             with tracing.llm_span(messages=prompt, model=model.model) as span:
                 stream = model.stream(prompt, trace_headers=_trace_headers(span, claim.caller))
-                async for piece in stream.with_keepalive(settings.CHAT_STREAM_KEEPALIVE_S):
+                # The model call starts before the start event goes out: sent first, the event
+                # held the call back by a pass or more of the busy event loop (docs/serving.md).
+                pieces = stream.with_keepalive(settings.CHAT_STREAM_KEEPALIVE_S)
+                start_sent = True
+                yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
+                async for piece in pieces:
                     if piece is None:
                         yield StreamEvent("keepalive", None)
                     else:
@@ -341,18 +345,25 @@ async def turn_stream(claim: TurnClaim) -> AsyncIterator[StreamEvent]:
                 trace.finish(response=stream.reply.content)
         reply_message = await _turn_complete(turn, reply=stream.reply, trace=trace, started=started)
     except (asyncio.CancelledError, GeneratorExit):
-        # The client went away (Django cancels the response; a closed generator is the same).
+        # The client went away (Django cancels the response; a closed generator is the same),
+        # perhaps before the pieces were asked for: the model call stops here.
+        if stream is not None:
+            stream.stop_reading()
         partial = stream.text_so_far if stream else ""
         await _turn_cancel(turn, partial=partial, trace=trace, started=started)
         raise
     except ChatError as exc:
         await _turn_fail(turn, error=exc, trace=trace, started=started)
+        if not start_sent:
+            yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
         yield StreamEvent("error", {"error": exc.code, "detail": exc.message})
         return
     except Exception as exc:
         # The response has already started (200): say so in the stream rather than cut it.
         logger.exception("streamed turn crashed turn_id=%s", turn.pk)
         await _turn_fail(turn, error=exc, trace=trace, started=started)
+        if not start_sent:
+            yield StreamEvent("start", _start_payload(turn, trace_id=_id(trace)))
         yield StreamEvent(
             "error", {"error": "internal_error", "detail": "The answer failed; please retry."}
         )

@@ -60,9 +60,16 @@ class AsyncAPIView(adrf_views.APIView):
         except Exception as exc:
             response = self.handle_exception(exc)
         self.response = self.finalize_response(request, response, *args, **kwargs)
-        if hasattr(request._request, "scope"):  # served over ASGI
+        if over_asgi(request):
             _render_here(self.response)
         return self.response
+
+
+def over_asgi(request) -> bool:
+    """Whether `request` came through Django's ASGI handler, which then sends the response from
+    the same event loop the view ran on (under WSGI, runserver's or the test client's, a view's
+    event loop ends with the view and a streamed response is read on another)."""
+    return hasattr(getattr(request, "_request", request), "scope")
 
 
 def _render_here(response) -> None:

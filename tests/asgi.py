@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass, field
 
 from asgiref.sync import async_to_sync
@@ -25,6 +26,7 @@ class AsgiResponse:
     status: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
+    body_sent_ns: list[int] = field(default_factory=list)  # when each body message was sent
 
     def json(self):
         return json.loads(self.body)
@@ -89,6 +91,7 @@ async def _post(
             response.status = message["status"]
             response.headers = {k.decode().lower(): v.decode() for k, v in message["headers"]}
         elif message["type"] == "http.response.body":
+            response.body_sent_ns.append(time.time_ns())
             response.body += message.get("body", b"")
             events = response.body.count(b"\n\nevent: ") + response.body.startswith(b"event: ")
             if leave_after_events is not None and events >= leave_after_events:

@@ -442,7 +442,13 @@ class _TurnScope:
         return self.trace
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        _current.reset(self.token)
+        try:
+            _current.reset(self.token)
+        except ValueError:
+            # Left in another context than it was entered in: a streamed turn's generator
+            # closed by the event loop's finalizer (its response dropped unsent), which runs it
+            # in a task of its own. That context ends with the task; the turn still ends.
+            _current.set(None)
         self.trace.end(_ended_by(exc))
         return False
 

@@ -192,6 +192,71 @@ def test_a_stream_that_stalls_midway_frees_its_slot_after_the_timeout(token, llm
     assert turn_slots.in_flight == before
 
 
+def test_a_served_stream_starts_its_model_call_before_its_start_event_goes_out(
+    token, llm_server, get_trace
+):
+    """The model thinks while the response goes out through the middleware: the turn is run to
+    its start event in the view, its model call started (its llm span open) before that."""
+    llm_server.mode = "slow"
+    llm_server.slow_seconds = 0.2
+
+    response = asgi_post("/api/chat/", {"message": "be quick", "stream": True}, token=token)
+
+    events = response.events()
+    assert [kind for kind, _ in events][:1] == ["start"] and events[-1][0] == "done"
+    start_sent_ns = response.body_sent_ns[0]  # the start event is the first body message
+    spans = {s.name: s for s in get_trace(events[0][1]["trace_id"]).data.spans}
+    assert spans["llm"].start_time_ns < start_sent_ns
+    assert spans["chat_turn"].start_time_ns <= spans["llm"].start_time_ns
+
+
+def test_a_streamed_turn_whose_client_left_before_its_response_went_out_is_cancelled(
+    token, llm_server, settings
+):
+    """Run to its start event in the view, a turn whose response is never sent (the client
+    left first) is still closed: cancelled, its model call stopped, its slot given back."""
+    llm_server.mode = "slow"
+    llm_server.slow_seconds = 3.0
+    settings.LLM_TIMEOUT_S = 10.0
+    gc.collect()
+    before = turn_slots.in_flight
+
+    from chat import apis
+
+    async def run() -> None:
+        # The view's response dropped unsent, as when Django's request task is cancelled
+        # between the view and sending its response.
+        original = apis.event_stream_response
+        dropped = []
+
+        def dropping(events, **kwargs):
+            response = original(events, **kwargs)
+            dropped.append(response.status_code)
+            raise asyncio.CancelledError
+
+        apis.event_stream_response = dropping
+        try:
+            await asgi_post_async(
+                "/api/chat/", {"message": "never mind", "stream": True}, token=token
+            )
+        except asyncio.CancelledError:
+            pass
+        finally:
+            apis.event_stream_response = original
+        assert dropped == [200]
+        for _ in range(50):  # the generator's close is scheduled by the event loop
+            gc.collect()
+            await asyncio.sleep(0.02)
+            if turn_slots.in_flight == before:
+                break
+
+    started = time.monotonic()
+    async_to_sync(run)()
+    assert time.monotonic() - started < llm_server.slow_seconds / 2
+    assert Turn.objects.get().status == Turn.Status.CANCELLED
+    assert turn_slots.in_flight == before
+
+
 def test_a_client_that_leaves_while_the_model_thinks_cancels_its_turn_at_once(
     token, llm_server, settings
 ):
