@@ -59,6 +59,9 @@ def test_runserver_says_in_one_line_what_delivers_traces(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as a terminal delivers it: a suite run as a background job (`make test &`)
+        # ignores SIGINT, its children inherit that, and runserver would never stop.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         lines = []
@@ -70,7 +73,7 @@ def test_runserver_says_in_one_line_what_delivers_traces(tmp_path):
                 break
     finally:
         # Ctrl-C, as a developer stops it; its output read meanwhile, so a full pipe cannot
-        # hold it up (a fresh clone's first run once took over 30 s to stop).
+        # hold it up.
         server.send_signal(signal.SIGINT)
         try:
             rest, _ = server.communicate(timeout=90)
