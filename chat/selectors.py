@@ -7,13 +7,14 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db.models import Count, F, Min, Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
-from django.shortcuts import get_object_or_404
+from django.http import Http404
 from django.utils import timezone
 
 from chat import tracing
 from chat.exceptions import TracesUnavailable
 from chat.llm import ChatMessage
 from chat.models import ChatSession, Message, TraceExport, Turn
+from chatproject.db import prepared
 
 
 def session_list(*, user: AbstractBaseUser) -> QuerySet[ChatSession]:
@@ -22,9 +23,46 @@ def session_list(*, user: AbstractBaseUser) -> QuerySet[ChatSession]:
     )
 
 
+def _session_pk(connection, session_id):
+    return ChatSession._meta.pk.get_db_prep_value(session_id, connection, prepared=False)
+
+
+# Every later turn of a conversation reads these two (chatproject.db.prepared: compiled once).
+_OWN_SESSION = prepared.Read(
+    ChatSession,
+    lambda owner_id, session_id: ChatSession.objects.filter(
+        owner_id=owner_id, pk=session_id, deleted_at__isnull=True
+    ),
+    lambda connection, owner_id, session_id: (owner_id, _session_pk(connection, session_id)),
+)
+_HISTORY = prepared.Read(
+    Message,
+    lambda session_id, before_id, *, max_turns: (
+        Message.objects.filter(
+            turn_id__in=Turn.objects.filter(
+                session_id=session_id, status=Turn.Status.COMPLETED, id__lt=before_id
+            )
+            .order_by("-id")
+            .values("id")[:max_turns]
+        )
+        .order_by("turn_id", "id")
+        .values_list("role", "content", "pk")
+    ),
+    lambda connection, session_id, before_id: (
+        before_id,
+        _session_pk(connection, session_id),
+        Turn.Status.COMPLETED.value,
+    ),
+)
+
+
 def session_get(*, user: AbstractBaseUser, session_id) -> ChatSession:
-    """Raises: Http404 for a session that is not the user's."""
-    return get_object_or_404(ChatSession, owner=user, pk=session_id, deleted_at__isnull=True)
+    """Raises: Http404 for a session that is not the user's (or not a session id: ValidationError,
+    as the ORM raises)."""
+    found = _OWN_SESSION.instances(user.pk, session_id)
+    if not found:
+        raise Http404("No ChatSession matches the given query.")
+    return found[0]
 
 
 def session_messages(*, session: ChatSession) -> QuerySet[Message]:
@@ -52,16 +90,9 @@ def turn_reply(*, turn: Turn) -> Message | None:
 
 def history_for_llm(*, session: ChatSession, before: Turn, max_turns: int) -> list[ChatMessage]:
     """The last `max_turns` completed turns before `before`, oldest first (one query)."""
-    turn_ids = (
-        session.turns.filter(status=Turn.Status.COMPLETED, id__lt=before.id)
-        .order_by("-id")
-        .values("id")[:max_turns]
-    )
-    messages = (
-        Message.objects.filter(turn_id__in=turn_ids)
-        .order_by("turn_id", "id")
-        .values_list("role", "content", "pk")
-    )
+    if max_turns <= 0:
+        return []
+    messages = _HISTORY.rows(session.pk, before.id, max_turns=max_turns)
     return [
         ChatMessage(role=role, content=content, message_id=pk) for role, content, pk in messages
     ]

@@ -1,4 +1,5 @@
-"""chatproject.db.prepared: the chat path's writes store exactly what the ORM's would."""
+"""chatproject.db.prepared: the chat path's writes store exactly what the ORM's would, and its
+reads return what the ORM's would."""
 
 from datetime import timedelta
 
@@ -103,3 +104,73 @@ def test_no_save_signal_receiver_is_skipped(model):
     # would silently miss the chat path's rows. Connect one, and this fails: write those rows
     # with the ORM instead.
     assert not pre_save.has_listeners(model) and not post_save.has_listeners(model)
+
+
+def _session_read(params=lambda connection, owner_id, title: (owner_id, title)):
+    return prepared.Read(
+        ChatSession,
+        lambda owner_id, title: ChatSession.objects.filter(owner_id=owner_id, title=title),
+        params,
+    )
+
+
+def test_a_read_returns_the_instances_and_rows_the_orm_returns(user, other_user):
+    mine = ChatSession.objects.create(owner=user, title="é ✓")
+    ChatSession.objects.filter(pk=mine.pk).update(deleted_at=timezone.now())
+    ChatSession.objects.create(owner=other_user, title="é ✓")
+    read = _session_read()
+
+    (found,) = read.instances(user.pk, "é ✓")
+    orm = ChatSession.objects.get(pk=mine.pk)
+    # Every field as the ORM gives it: the UUID, aware datetimes (converted from SQLite's text).
+    assert model_to_dict(found) == model_to_dict(orm)
+    assert [found.created_at, found.updated_at, found.deleted_at] == [
+        orm.created_at,
+        orm.updated_at,
+        orm.deleted_at,
+    ]
+    assert found.deleted_at.tzinfo is not None and found._state.db == "default"
+    assert not found._state.adding
+    assert read.instances(user.pk, "other title") == []
+    assert read.instances(other_user.pk, "é ✓")[0].owner_id == other_user.pk
+
+    history = prepared.Read(
+        Turn,
+        lambda session_id, *, limit: Turn.objects.filter(session_id=session_id)
+        .order_by("id")
+        .values_list("client_request_id", "created_at")[:limit],
+        lambda connection, session_id: (
+            ChatSession._meta.pk.get_db_prep_value(session_id, connection, prepared=False),
+        ),
+    )
+    for n in range(3):
+        Turn.objects.create(session=mine, user=user, client_request_id=f"r-{n}")
+    # Each shape (here the slice's bound, written into the SQL) is its own statement.
+    for limit in (1, 3):
+        orm_rows = list(
+            Turn.objects.filter(session=mine)
+            .order_by("id")
+            .values_list("client_request_id", "created_at")[:limit]
+        )
+        assert history.rows(mine.pk, limit=limit) == orm_rows
+        assert history.rows(str(mine.pk), limit=limit) == orm_rows  # prepared as the ORM does
+    with pytest.raises(TypeError, match="selects no instances"):
+        history.instances(mine.pk, limit=1)
+
+
+def test_a_read_whose_params_are_not_the_orms_refuses_to_run(user, django_assert_num_queries):
+    ChatSession.objects.create(owner=user, title="t")
+    swapped = _session_read(params=lambda connection, owner_id, title: (title, owner_id))
+    with django_assert_num_queries(0), pytest.raises(ValueError, match="the ORM binds"):
+        swapped.instances(user.pk, "t")
+
+
+def test_a_read_runs_one_query_and_builds_no_queryset_after_its_first(
+    user, django_assert_num_queries, monkeypatch
+):
+    read = _session_read()
+    ChatSession.objects.create(owner=user, title="t")
+    assert len(read.instances(user.pk, "t")) == 1
+    monkeypatch.setattr(ChatSession.objects, "filter", None)  # building one would now fail
+    with django_assert_num_queries(1):
+        assert len(read.instances(user.pk, "t")) == 1
