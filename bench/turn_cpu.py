@@ -130,6 +130,10 @@ async def run(application, token: str, turns: int, block: int, stream: bool, mod
     for n in range(settings.CHAT_HISTORY_TURNS + 5):
         body = {"message": f"warm-up {n}"} | ({"session_id": session_id} if session_id else {})
         session_id = (await turn(application, token, body))["session_id"]
+    from chatproject.workers import _freeze_loaded
+
+    _freeze_loaded()  # as a served worker does once loaded: the GC's full walks skip start-up
+    await asyncio.sleep(0.2)  # the door refuses turns while the loop is late (the freeze's walk)
     kinds = {
         "first turn of a conversation": (None, False),
         "later turn (full history)": (session_id, False),
