@@ -36,12 +36,12 @@ and the model meanwhile. A client process is a user's clock: when its own loop i
 answer it reads looks late by as much (reported as "load generator's own loop late by").
 The fake model and the client processes stand for other machines (a hosted model, users' own
 computers): they run at a higher priority (nice -10, --outside-priority) so that the app's load
-does not make them late and their lateness is not counted as the app's. At the same priority
-as the app, on a 2-core machine, the model answered late and the clients read late whenever the
-app's workers kept both cores busy: 128 streamed users on SQLite measured 94 % of the ideal and
-time to first token +128 ms over the model's, against 99 % and +20 ms at nice -10, one after the
-other on the same code (2026-12-07). Nothing of the app's runs at that priority, and the seed's
-rows get the same model and clients.
+does not make them late and their lateness is not counted as the app's. Nothing of the app's
+runs at that priority, and the seed's rows get the same model and clients. On a 2-core machine
+(2026-12-07, 128 streamed users on SQLite, same code, alternating) nice -10 against the app's
+priority gave 99 / 94, 97 / 95 and 97 / 97 % of the ideal, and time to first token +20 / +128,
++49 / +112 and +83 / +72 ms over the model's: a difference in some runs, within the machine's
+noise in others.
 
 Columns:
   turns/s        turns answered (HTTP 200; streamed: ended with `done`) within the window / its
