@@ -30,8 +30,9 @@ over --ramp seconds (default: one reply), then the row's window of --duration se
 at its end no new turn starts and every open turn is waited for (at most --client-timeout).
 Then the answered turns' traces are waited for, and the app must leave the model alone for 1 s
 (at most --settle-timeout): turns whose users gave up may still be running or queued in it.
-The users run in --clients processes of asyncio + aiohttp (one connection per user; by default
-one process per 250 users), apart from this one, which polls the processes' memory, the database
+The users run in --clients processes of uvloop + aiohttp (one connection per user; by default
+one process per 250 users; their start-up frozen out of the garbage collector, which runs
+rarely), apart from this one, which polls the processes' memory, the database
 and the model meanwhile. A client process is a user's clock: when its own loop is late, every
 answer it reads looks late by as much (reported as "load generator's own loop late by").
 The fake model and the client processes stand for other machines (a hosted model, users' own
@@ -81,6 +82,7 @@ and WARNING / ERROR lines and tracebacks in the logs are printed as PROBLEM line
 import argparse
 import asyncio
 import contextlib
+import gc
 import json
 import math
 import os
@@ -102,6 +104,7 @@ from pathlib import Path
 
 import aiohttp
 import fake_model
+import uvloop
 from _setup import ROOT, percentile
 from load import (
     DEFAULT_WORKERS,
@@ -254,13 +257,14 @@ async def run_client(spec: dict) -> dict:
             if outcome != "ok":
                 await asyncio.sleep(min(spec["error_pause"], max(0.0, window_end - loop.time())))
 
-    lag = [0.0]  # the client's own event loop: its longest lateness (a slow answer may be ours)
+    lag = [0.0, 0.0]  # the client's own event loop: its longest lateness, and when (from t0)
 
     async def lag_probe() -> None:
         while True:
             due = loop.time() + LAG_PROBE_S
             await asyncio.sleep(LAG_PROBE_S)
-            lag[0] = max(lag[0], loop.time() - due)
+            if loop.time() - due > lag[0]:
+                lag[:] = [loop.time() - due, due - t0]
 
     async def progress() -> None:
         while True:
@@ -284,12 +288,20 @@ async def run_client(spec: dict) -> dict:
         "cpu_s": time.process_time() - cpu0,
         "wall_s": loop.time() - t0,
         "loop_lag_max_s": lag[0],
+        "loop_lag_at_s": lag[1],
     }
 
 
 def client_main(spec_path: Path) -> int:
     spec = json.loads(spec_path.read_text())
-    result = asyncio.run(run_client(spec))
+    # A client is a user's clock, so it must not stall. With asyncio's own loop and Python's
+    # collector, each client process stopped 0.35-0.41 s for a full collection about once a
+    # row at 1,000 streamed users (gc callbacks, 2026-12-07), and those answers looked late by
+    # as much. Nothing a client keeps needs collecting before it exits.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(100_000, 50, 100)
+    result = uvloop.run(run_client(spec))
     Path(spec["out"]).write_text(json.dumps(result))
     return 0
 
@@ -659,6 +671,7 @@ class Row:
     traces: int | None = None
     drain_s: float | None = None
     client_lag_s: float = 0.0  # the load generator's own longest event-loop lateness
+    client_lag_at_s: float = 0.0  # when it was, from the row's start
 
     @property
     def label(self) -> str:
@@ -716,6 +729,7 @@ class Row:
             "cpu_pct": self.cpu_pct,
             "tail_s": max(0.0, last_end - window[1]),
             "client_loop_lag_max_s": self.client_lag_s,
+            "client_loop_lag_at_s": self.client_lag_at_s,
         }
 
 
@@ -777,7 +791,9 @@ def run_row(row: Row, target: Target, tokens: list[str], args, model_url: str, w
             result = json.loads((tmp / f"out-{k}.json").read_text())
             row.turns += result["turns"]
             cpu += result["cpu_s"]
-            row.client_lag_s = max(row.client_lag_s, result["loop_lag_max_s"])
+            if result["loop_lag_max_s"] > row.client_lag_s:
+                row.client_lag_s = result["loop_lag_max_s"]
+                row.client_lag_at_s = result["loop_lag_at_s"]
         watch.finish(row)
         row.cpu_pct["load"] = 100 * cpu / max(wall, 1e-9)
         # What else ran meanwhile (the machine may be shared): all busy CPU minus the parts.
@@ -962,7 +978,9 @@ def print_table(rows: list[dict]) -> None:
         ]
         notes.append(f"last open turn ended {row['tail_s']:.1f}s after the window")
         if (lag := row.get("client_loop_lag_max_s")) is not None:
-            notes.append(f"load generator's own loop late by at most {lag:.2f}s")
+            at = row.get("client_loop_lag_at_s")
+            when = f" (at {at:.1f}s)" if at is not None else ""
+            notes.append(f"load generator's own loop late by at most {lag:.2f}s{when}")
         if row["traces_stored"] is not None:
             drain = row["trace_drain_s"]
             notes.append(
