@@ -120,7 +120,12 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "timeout": env.float("DB_POOL_TIMEOUT_S", default=10.0),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
-# Threads per process that run async views' ORM units (chatproject/asyncdb.py), made once and
+# Async views' short ORM units (chatproject/asyncdb.py) run in the event loop's own thread: no
+# thread hop and no GIL hand-off per unit (at 512 JSON users 93-98 turns/s against 55-80 on the
+# unit threads, SQLite; docs/serving.md). False: on DB_UNIT_THREADS threads, so a unit waiting for
+# the database (a long write of another process, a slow round trip) holds its thread, not the loop.
+DB_UNITS_IN_LOOP = env.bool("DB_UNITS_IN_LOOP", default=True)
+# With DB_UNITS_IN_LOOP false: threads per process that run async views' ORM units, made once and
 # shared by every request; on SQLite each keeps its connection. 0: Django's thread-sensitive mode,
 # a thread per request and a connection per unit. On PostgreSQL at most DB_POOL_MAX_SIZE are useful.
 DB_UNIT_THREADS = env.int("DB_UNIT_THREADS", default=8)

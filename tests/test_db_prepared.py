@@ -136,9 +136,11 @@ def test_a_read_returns_the_instances_and_rows_the_orm_returns(user, other_user)
 
     history = prepared.Read(
         Turn,
-        lambda session_id, *, limit: Turn.objects.filter(session_id=session_id)
-        .order_by("id")
-        .values_list("client_request_id", "created_at")[:limit],
+        lambda session_id, *, limit: (
+            Turn.objects.filter(session_id=session_id)
+            .order_by("id")
+            .values_list("client_request_id", "created_at")[:limit]
+        ),
         lambda connection, session_id: (
             ChatSession._meta.pk.get_db_prep_value(session_id, connection, prepared=False),
         ),

@@ -9,6 +9,7 @@ import time
 
 import pytest
 from asgiref.sync import SyncToAsync, async_to_sync
+from django.core.exceptions import SynchronousOnlyOperation
 from django.core.signals import request_started
 from django.db import close_old_connections, connections, reset_queries
 from django.db.backends.signals import connection_created
@@ -337,8 +338,71 @@ def test_the_llm_span_times_the_awaited_model_call(api, llm_server, get_trace):
 
 
 @pytest.mark.django_db(transaction=True)
+def test_served_turns_run_their_orm_units_in_the_event_loops_own_thread(
+    token, llm_server, settings, monkeypatch
+):
+    # As under uvicorn: an event loop with no sync thread above it (not async_to_sync).
+    assert settings.DB_UNITS_IN_LOOP  # the default
+    # The browser tests' conftest turns Django's guard off for this process; a server has it on.
+    monkeypatch.delenv("DJANGO_ALLOW_ASYNC_UNSAFE", raising=False)
+    units = _submitted_to(UnitThreads, monkeypatch)
+    made = []  # (thread, connection) of every connection a unit opened
+    connection_created.connect(
+        created := lambda sender, connection, **kwargs: made.append(
+            (threading.get_ident(), connection)
+        ),
+        weak=False,
+    )
+
+    def idle() -> bool:
+        connection = connections["default"]  # the loop's thread's: the test's own thread
+        if connection.vendor == "sqlite":  # kept open between units, out of any transaction
+            return not connection.in_atomic_block and not connection._holds_write_lock
+        return connection.connection is None  # back in psycopg's pool
+
+    idle_while_thinking = []
+    llm_server.on_request = lambda: idle_while_thinking.append(idle())
+    connections.close_all()  # the units open what they use
+    try:
+
+        async def turns():
+            answered = [
+                await asgi_post_async("/api/chat/", {"message": "one"}, token=token),
+                await asgi_post_async("/api/chat/", {"message": "2", "stream": True}, token=token),
+            ]
+            session = answered[0].json()["session_id"]
+            answered.append(
+                await asgi_post_async(
+                    "/api/chat/",
+                    {"message": "three"},
+                    token=token,
+                    headers={"x-session-id": session},
+                )
+            )
+            await get_chat_model().aclose()
+            # Django's guard is back between units: the ORM refuses a coroutine's direct call.
+            with pytest.raises(SynchronousOnlyOperation):
+                Turn.objects.count()
+            return answered, threading.get_ident()
+
+        responses, loop_thread = asyncio.run(turns())
+    finally:
+        connection_created.disconnect(created)
+
+    assert [r.status for r in responses] == [200, 200, 200]
+    assert responses[1].events()[-1][0] == "done"
+    assert Turn.objects.filter(status=Turn.Status.COMPLETED).count() == 3
+    assert units == []  # no unit thread was woken
+    assert made and {thread for thread, _ in made} == {loop_thread}
+    assert idle_while_thinking == [True, True, True]
+    if connections["default"].vendor == "sqlite":
+        assert len(made) == 1  # six units, one connection, kept open between them
+
+
+@pytest.mark.django_db(transaction=True)
 def test_served_turns_run_their_orm_units_on_the_shared_unit_threads(token, llm_server, settings):
     # As under uvicorn: an event loop with no sync thread above it (not async_to_sync).
+    settings.DB_UNITS_IN_LOOP = False
     settings.DB_UNIT_THREADS = 2
     made = []  # (thread, connection) of every connection a unit opened
 
@@ -395,7 +459,9 @@ def test_a_served_turn_claims_itself_in_the_unit_that_authenticates_it(
 ):
     # Under load each unit waits for a free unit thread and then for the event loop (130-330
     # ms a hop at 512 JSON users): authentication and the claim share one, and the answer and
-    # its trace row are the other.
+    # its trace row are the other. (Counted on the unit threads; in the loop's thread, the default,
+    # the units are the same.)
+    settings.DB_UNITS_IN_LOOP = False
     settings.DB_UNIT_THREADS = 2
     units = _submitted_to(UnitThreads, monkeypatch)
 
