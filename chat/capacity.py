@@ -20,7 +20,6 @@ from django.conf import settings
 from django.urls import Resolver404, resolve
 
 from chat.exceptions import Overloaded
-from chatproject.asyncdb import units_waiting_s
 
 
 class TurnSlot:
@@ -132,8 +131,7 @@ class _LoopLag:
         self._late_s = now - self._due
         self._due = now + self.TICK_S
         self._loop.call_at(self._due, self._tick)
-        # Units waiting for a pass (chatproject.asyncdb) are the loop's work running late too.
-        turn_slots.adapt(lag_s=max(self._late_s, units_waiting_s()), now=now)
+        turn_slots.adapt(lag_s=self._late_s, now=now)
 
     def lag_s(self) -> float:
         """The last tick's lateness, or how overdue the next one already is: whichever is more."""
@@ -150,7 +148,7 @@ def loop_lag() -> float:
     if lag is None:
         _loop_lags[loop] = _LoopLag(loop)
         return 0.0
-    return max(lag.lag_s(), units_waiting_s())
+    return lag.lag_s()
 
 
 def overloaded() -> Overloaded:

@@ -11,9 +11,7 @@ Where a unit runs:
   free thread. Measured at 512 JSON users against the unit threads below: 93-98 turns/s against
   55-80 on SQLite, 79-86 against 66-75 on PostgreSQL (docs/serving.md). What it costs: while a
   unit waits for the database (another process's write on SQLite, a round trip on PostgreSQL)
-  every turn of the process waits with it. A pass of the loop runs units for at most
-  DB_UNIT_PASS_BUDGET_MS; the rest wait for its next pass (`_PassBudget`), so the loop reads its
-  sockets between them;
+  every turn of the process waits with it;
 - with DB_UNITS_IN_LOOP false: on a small pool of long-lived threads (DB_UNIT_THREADS > 0)
   shared by every request of the process. The threads and, on SQLite, their connections are
   made once and reused, instead of one thread per request (Django's thread-sensitive mode) that
@@ -39,8 +37,6 @@ import contextlib
 import contextvars
 import functools
 import threading
-import time
-import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -225,84 +221,10 @@ def run_unit(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
 
 def _in_loop(func: Callable[P, R]) -> Callable[P, Awaitable[R]]:
     async def in_loop(*args: P.args, **kwargs: P.kwargs) -> R:
-        budget = _PassBudget.of(asyncio.get_running_loop())
-        if budget.spent():
-            waiting = budget.wait()
-            try:
-                while budget.spent():
-                    await asyncio.sleep(0)  # the next pass, after the loop has read its sockets
-            finally:
-                budget.waited(waiting)
-        started = time.perf_counter()
-        try:
-            with _orm_in_loop():
-                return func(*args, **kwargs)
-        finally:
-            budget.used_s += time.perf_counter() - started
+        with _orm_in_loop():
+            return func(*args, **kwargs)
 
     return in_loop
-
-
-class _PassBudget:
-    """How long units have run in the current pass of one event loop (DB_UNIT_PASS_BUDGET_MS).
-
-    A pass of the loop runs every callback that was ready when it began, then reads its
-    sockets. Under load hundreds of turns are ready at once, each with a unit to run: a pass
-    that ran them all took up to 1.5 s (a probe's 10 ms timer, 512 JSON users, two workers on
-    two cores), and meanwhile no answer from the model was read, no new request let in and no
-    overload refused. Past the budget a unit waits for the next pass, in the order it came.
-    """
-
-    _budgets: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self._loop = weakref.ref(loop)  # the loop is the key of `_budgets`: not kept alive here
-        self.used_s = 0.0
-        self._reset_queued = False
-        self._waiting: dict[object, float] = {}  # units waiting for a pass: since when (in order)
-
-    @classmethod
-    def of(cls, loop: asyncio.AbstractEventLoop) -> _PassBudget:
-        budget = cls._budgets.get(loop)
-        if budget is None:
-            budget = cls._budgets[loop] = cls(loop)
-        return budget
-
-    def spent(self) -> bool:
-        """Whether this pass's units have used the budget; if not, the unit about to run counts
-        against it (the budget starts afresh with the next pass)."""
-        limit_s = settings.DB_UNIT_PASS_BUDGET_MS / 1000
-        if limit_s <= 0:
-            return False
-        if not self._reset_queued:
-            # Queued now, it runs at the start of the next pass, before the units deferred to it.
-            self._reset_queued = True
-            self._loop().call_soon(self._reset)
-        return self.used_s >= limit_s
-
-    def _reset(self) -> None:
-        self.used_s = 0.0
-        self._reset_queued = False
-
-    def wait(self) -> object:
-        token = object()
-        self._waiting[token] = self._loop().time()
-        return token
-
-    def waited(self, token: object) -> None:
-        self._waiting.pop(token, None)
-
-    def longest_wait_s(self) -> float:
-        """How long the unit waiting longest for a pass has waited (0: none waits)."""
-        oldest = next(iter(self._waiting.values()), None)
-        return 0.0 if oldest is None else self._loop().time() - oldest
-
-
-def units_waiting_s() -> float:
-    """Seconds the running event loop's longest-waiting unit has waited for a pass: work of the
-    loop's turns that runs this much later, as a late loop's does (chat.capacity's door)."""
-    budget = _PassBudget._budgets.get(asyncio.get_running_loop())
-    return 0.0 if budget is None else budget.longest_wait_s()
 
 
 @contextlib.contextmanager

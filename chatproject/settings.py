@@ -125,9 +125,6 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # unit threads, SQLite; docs/serving.md). False: on DB_UNIT_THREADS threads, so a unit waiting for
 # the database (a long write of another process, a slow round trip) holds its thread, not the loop.
 DB_UNITS_IN_LOOP = env.bool("DB_UNITS_IN_LOOP", default=True)
-# With DB_UNITS_IN_LOOP: how long units may run in one pass of the event loop before the rest wait
-# for its next pass, so the loop reads its sockets (answers, new requests) between. 0: no limit.
-DB_UNIT_PASS_BUDGET_MS = env.float("DB_UNIT_PASS_BUDGET_MS", default=10)
 # With DB_UNITS_IN_LOOP false: threads per process that run async views' ORM units, made once and
 # shared by every request; on SQLite each keeps its connection. 0: Django's thread-sensitive mode,
 # a thread per request and a connection per unit. On PostgreSQL at most DB_POOL_MAX_SIZE are useful.

@@ -4,7 +4,6 @@ a process's limits. Requests go through Django's real ASGI handler (tests/asgi.p
 import asyncio
 import gc
 import logging
-import socket
 import threading
 import time
 
@@ -533,57 +532,3 @@ def _submitted_to(executor_class, monkeypatch) -> list:
 
     monkeypatch.setattr(executor_class, "submit", spy)
     return submitted
-
-
-def _units_and_a_socket(budget_ms: float, settings) -> tuple[list, float]:
-    """Ten 3 ms units ready at once on a fresh event loop, a socket readable meanwhile: the order
-    in which they ran, and how long units had waited for a pass when the socket was read."""
-    from chat.capacity import loop_lag
-    from chatproject.asyncdb import run_unit, units_waiting_s
-
-    settings.DB_UNITS_IN_LOOP = True
-    settings.DB_UNIT_PASS_BUDGET_MS = budget_ms
-    ran, waited = [], []
-
-    def unit(n: int) -> None:
-        until = time.perf_counter() + 0.003
-        while time.perf_counter() < until:  # the CPU of a unit's SQL and ORM work
-            pass
-        ran.append(n)
-
-    async def scenario():
-        loop = asyncio.get_running_loop()
-        loop_lag()  # the door starts measuring this loop
-        reader, writer = socket.socketpair()
-        writer.send(b"x")  # an answer from the model, a new request: readable from the start
-
-        def read() -> None:
-            loop.remove_reader(reader)
-            ran.append("socket")
-            waited.append((units_waiting_s(), loop_lag()))
-
-        loop.add_reader(reader, read)
-        try:
-            await asyncio.gather(*(run_unit(unit)(n) for n in range(10)))
-        finally:
-            reader.close()
-            writer.close()
-        assert units_waiting_s() == 0.0  # none waits any more
-
-    asyncio.run(scenario())
-    return ran, waited[0]
-
-
-def test_units_past_the_pass_budget_wait_for_the_next_pass_in_order_and_the_door_sees_it(
-    settings,
-):
-    ran, (waiting_s, lag_s) = _units_and_a_socket(budget_ms=5, settings=settings)
-
-    units = [n for n in ran if n != "socket"]
-    assert units == list(range(10))  # in the order they came
-    assert 0 < ran.index("socket") < 6  # read after a budget's worth of units, not after all
-    assert waiting_s > 0  # units were waiting for a pass when the socket was read ...
-    assert lag_s >= waiting_s  # ... and the door counts that as the loop running late
-
-    ran, (waiting_s, _) = _units_and_a_socket(budget_ms=0, settings=settings)
-    assert ran[-1] == "socket" and waiting_s == 0  # 0: every ready unit runs in one pass
